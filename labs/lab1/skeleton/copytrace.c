@@ -1,0 +1,157 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * copytrace - watch the kernel copy a 16-byte UDP message (lab 1).
+ *
+ * Two kprobes:
+ *   copy #1  _copy_from_iter(void *to, size_t bytes, struct iov_iter *i)
+ *            user buffer of the sender -> kernel socket buffer (skb)
+ *   copy #4  _copy_to_iter(const void *from, size_t bytes, struct iov_iter *i)
+ *            kernel socket buffer (skb) -> user buffer of the receiver
+ *
+ * Many processes (shells, sshd, udevd, ...) call these functions all the
+ * time, so the handlers log only the lab's own copies:
+ *
+ *   copytrace: [COPY1] src=<user VA> dest=<kernel VA> len=<n>
+ *   copytrace: [COPY4] src=<kernel VA> dest=<user VA> len=<n>
+ *
+ * Load with:  insmod copytrace.ko payload=MESSAGE
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/kernel.h>
+#include <linux/kprobes.h>
+#include <linux/module.h>
+#include <linux/moduleparam.h>
+#include <linux/ptrace.h>
+#include <linux/sched.h>
+#include <linux/string.h>
+#include <linux/uio.h>
+#include <linux/version.h>
+
+static char *send_sym = "_copy_from_iter";
+module_param(send_sym, charp, 0444);
+MODULE_PARM_DESC(send_sym, "function that makes copy #1 (user -> kernel)");
+
+static char *recv_sym = "_copy_to_iter";
+module_param(recv_sym, charp, 0444);
+MODULE_PARM_DESC(recv_sym, "function that makes copy #4 (kernel -> user)");
+
+static char *send_comm = "sender";
+module_param(send_comm, charp, 0444);
+MODULE_PARM_DESC(send_comm, "process name of the sending program");
+
+static char *recv_comm = "receiver";
+module_param(recv_comm, charp, 0444);
+MODULE_PARM_DESC(recv_comm, "process name of the receiving program");
+
+static uint msg_len = 16;
+module_param(msg_len, uint, 0444);
+MODULE_PARM_DESC(msg_len, "length in bytes of the lab's message");
+
+static char *payload = "HELLO_SEND_TRACE";
+module_param(payload, charp, 0444);
+MODULE_PARM_DESC(payload, "the message the sender sends (for an optional payload filter)");
+
+/*
+ * The user-space address an iov_iter currently points at: where copy #1
+ * reads from, or where copy #4 writes to.
+ */
+static unsigned long __maybe_unused iter_user_addr(const struct iov_iter *i)
+{
+	/*
+	 * TODO(1): return the user address the iterator points at.
+	 * On 6.1 a single-buffer sendto()/recv() builds an ITER_IOVEC
+	 * iterator: the address is i->iov->iov_base + i->iov_offset.
+	 * (Kernels from 6.4 on build ITER_UBUF: i->ubuf + i->iov_offset.)
+	 * Return 0 for iterators that do not point at user memory.
+	 */
+	return 0;
+}
+
+/* copy #1: _copy_from_iter(void *to, size_t bytes, struct iov_iter *i) */
+static int copy1_pre(struct kprobe *p, struct pt_regs *regs)
+{
+	/*
+	 * TODO(2): read the three arguments of the probed function with
+	 * regs_get_kernel_argument(regs, n): to, bytes and i.
+	 */
+
+	/*
+	 * TODO(3): log only the lab's copy: return 0 unless the current
+	 * process is send_comm (current->comm) and bytes == msg_len.
+	 */
+
+	/*
+	 * TODO(4): print the record with pr_info() and %px addresses:
+	 *   [COPY1] src=<user VA> dest=<kernel VA> len=<n>
+	 */
+	return 0;
+}
+
+/* copy #4: _copy_to_iter(const void *from, size_t bytes, struct iov_iter *i) */
+static int copy4_pre(struct kprobe *p, struct pt_regs *regs)
+{
+	/*
+	 * TODO(5): read the three arguments: from, bytes and i.
+	 */
+
+	/*
+	 * TODO(6): log only the lab's copy: return 0 unless the current
+	 * process is recv_comm and bytes == msg_len.
+	 */
+
+	/*
+	 * TODO(7): print the record with pr_info() and %px addresses:
+	 *   [COPY4] src=<kernel VA> dest=<user VA> len=<n>
+	 */
+	return 0;
+}
+
+static struct kprobe kp_send = {
+	.pre_handler = copy1_pre,
+};
+
+static struct kprobe kp_recv = {
+	.pre_handler = copy4_pre,
+};
+
+static int __init copytrace_init(void)
+{
+	int ret;
+
+	kp_send.symbol_name = send_sym;
+	ret = register_kprobe(&kp_send);
+	if (ret < 0) {
+		pr_err("register_kprobe(%s) failed: %d\n", send_sym, ret);
+		goto err_send;
+	}
+
+	kp_recv.symbol_name = recv_sym;
+	ret = register_kprobe(&kp_recv);
+	if (ret < 0) {
+		pr_err("register_kprobe(%s) failed: %d\n", recv_sym, ret);
+		goto err_recv;
+	}
+
+	pr_info("probes on %s and %s registered (send_comm=%s recv_comm=%s msg_len=%u)\n",
+		send_sym, recv_sym, send_comm, recv_comm, msg_len);
+	return 0;
+
+err_recv:
+	unregister_kprobe(&kp_send);
+err_send:
+	return ret;
+}
+
+static void __exit copytrace_exit(void)
+{
+	unregister_kprobe(&kp_recv);
+	unregister_kprobe(&kp_send);
+	pr_info("probes removed\n");
+}
+
+module_init(copytrace_init);
+module_exit(copytrace_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("copylab lab 1: trace copy #1 and copy #4 of a UDP message");
