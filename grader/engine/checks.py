@@ -1,0 +1,413 @@
+"""Check kinds (a registry) and the check model. A check kind is a function
+``fn(run: RunData, options: dict) -> (passed: bool, evidence: list[Evidence])``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import evidence as ev
+from .model import RunData
+
+MARKS = ("good", "bad", "missing", "info")
+
+
+@dataclass
+class Evidence:
+    mark: str
+    text: str
+
+    def __post_init__(self):
+        if self.mark not in MARKS:
+            raise ValueError(f"bad evidence mark {self.mark!r}")
+
+    def as_dict(self) -> dict:
+        return {"mark": self.mark, "text": self.text}
+
+
+def good(t): return Evidence("good", t)
+def bad(t): return Evidence("bad", t)
+def missing(t): return Evidence("missing", t)
+def info(t): return Evidence("info", t)
+
+
+@dataclass
+class CheckResult:
+    name: str
+    kind: str
+    passed: bool
+    points: int
+    max_points: int
+    evidence: list[Evidence] = field(default_factory=list)
+    hint: str = ""                      # shown on failure only
+    title: str = ""
+    skipped_because: str | None = None  # name of the failed dependency
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "title": self.title, "kind": self.kind, "passed": self.passed,
+                "points": self.points, "max_points": self.max_points,
+                "evidence": [e.as_dict() for e in self.evidence],
+                "hint": "" if self.passed else self.hint, "skipped_because": self.skipped_because}
+
+
+CheckFn = Callable[[RunData, dict], "tuple[bool, list[Evidence]]"]
+REGISTRY: dict[str, CheckFn] = {}
+
+
+def check_kind(name: str):
+    def deco(fn: CheckFn) -> CheckFn:
+        REGISTRY[name] = fn
+        return fn
+    return deco
+
+
+def run_checks(specs, run: RunData, registry: dict[str, CheckFn] | None = None) -> list[CheckResult]:
+    """Run checks in dependency order; a check whose dependency failed is not run (0 points).
+    Results come back in declaration order."""
+    from .labspec import topo_order
+    reg = registry or REGISTRY
+    done: dict[str, CheckResult] = {}
+    for spec in topo_order(list(specs)):
+        failed_dep = next((d for d in spec.depends if not done[d].passed), None)
+        if failed_dep is not None:
+            done[spec.name] = CheckResult(
+                spec.name, spec.kind, False, 0, spec.points,
+                [missing(f"not run: it depends on {failed_dep!r}, which did not pass")],
+                spec.hint, spec.title, skipped_because=failed_dep)
+            continue
+        try:
+            passed, evid = reg[spec.kind](run, dict(spec.options))
+        except Exception as e:  # a bug in a check must not lose the whole result
+            passed, evid = False, [bad(f"internal error in check {spec.kind}: "
+                                       f"{type(e).__name__}: {e}")]
+        done[spec.name] = CheckResult(spec.name, spec.kind, bool(passed),
+                                      spec.points if passed else 0, spec.points, list(evid),
+                                      spec.hint, spec.title)
+    return [done[s.name] for s in specs]
+
+
+def hx(v: int | None) -> str:
+    return "?" if v is None else f"0x{v:x}"
+
+
+def _tail(text: str, n: int = 12) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.strip()][-n:]
+
+
+def _phase_not_run(run: RunData, phase: str) -> Evidence | None:
+    st = run.phase_status(phase)
+    if st == "skipped":
+        d = run.phases[phase].detail if phase in run.phases else ""
+        return missing(f"the {phase} phase did not run" + (f" ({d})" if d else ""))
+    return None
+
+
+# ---------------------------------------------------------------- build / load / unload
+@check_kind("build_ok")
+def check_build_ok(run: RunData, opts: dict):
+    if e := _phase_not_run(run, "build"):
+        return False, [e]
+    ph = run.phases["build"]
+    if ph.status == "timeout":
+        return False, [bad(f"the build did not finish in time ({ph.detail})")] + \
+            [info(ln) for ln in _tail(run.build_log)]
+    if run.build_exit != 0:
+        errs = [ln for ln in run.build_log.splitlines() if "error" in ln.lower()][:10]
+        return False, [bad(f"make exited with status {run.build_exit}")] + \
+            [bad(ln) for ln in errs] + [info(ln) for ln in _tail(run.build_log, 6) if ln not in errs]
+    if run.build_outputs_missing:
+        return False, [bad(f"make succeeded but did not produce {', '.join(run.build_outputs_missing)}")]
+    warns = [ln for ln in run.build_log.splitlines() if "warning:" in ln][:5]
+    return True, [good("make exited 0 and built every program and the module")] + \
+        [info(ln) for ln in warns]
+
+
+@check_kind("module_loads")
+def check_module_loads(run: RunData, opts: dict):
+    if e := _phase_not_run(run, "load"):
+        return False, [e]
+    ph = run.phases["load"]
+    out = [ln for ln in run.load_output.splitlines() if ln.strip()]
+    fails = [r.text for r in run.kmsg if "register_kprobe(" in r.text and "failed" in r.text]
+    if ph.status == "ok" and run.load_exit == 0:
+        regs = [r.text for r in run.kmsg if "copytrace:" in r.text and "registered" in r.text]
+        return True, [good(f"insmod succeeded (payload={run.message})")] + [good(t) for t in regs[:2]]
+    evid = [bad(f"loading the module failed ({ph.status}"
+                + (f", exit {run.load_exit}" if run.load_exit is not None else "") + ")")]
+    evid += [bad(ln) for ln in out[:8]] + [bad(t) for t in fails]
+    return False, evid
+
+
+@check_kind("module_unloads")
+def check_module_unloads(run: RunData, opts: dict):
+    if e := _phase_not_run(run, "unload"):
+        return False, [e]
+    if run.phases["unload"].status == "ok" and run.unload_exit == 0:
+        return True, [good("rmmod succeeded")]
+    return False, [bad(f"unloading the module failed ({run.phases['unload'].status}): "
+                       f"{run.unload_output.strip() or run.phases['unload'].detail}")]
+
+
+# ---------------------------------------------------------------- the programs
+@check_kind("programs_report")
+def check_programs_report(run: RunData, opts: dict):
+    if e := _phase_not_run(run, "run"):
+        return False, [e]
+    s, r, msg = run.sender, run.receiver, run.message
+    n = run.payload_len
+    evid: list[Evidence] = []
+    ok = True
+
+    def need(cond, good_text, bad_text, mark="bad"):
+        nonlocal ok
+        evid.append(good(good_text) if cond else Evidence(mark, bad_text))
+        ok = ok and bool(cond)
+
+    need(r.listening_port == run.port, f"receiver: listening on 127.0.0.1:{run.port}",
+         f'no "receiver: listening on 127.0.0.1:{run.port}" line', "missing")
+    need(r.buffer, f"receiver: buffer at {hx(r.buffer)}",
+         'no "receiver: buffer at 0x..." line (print the buffer address with %p)', "missing")
+    need(s.buffer, f"sender: buffer at {hx(s.buffer)}",
+         'no "sender: buffer at 0x..." line (print the buffer address with %p)', "missing")
+    if s.sent_len is None:
+        need(False, "", f'no "sender: sent {n} bytes ..." line', "missing")
+    else:
+        need(s.sent_len == n and s.sent_text == msg and s.port == run.port,
+             f'sender: sent {s.sent_len} bytes "{s.sent_text}" to 127.0.0.1:{s.port}',
+             f'sender reported {s.sent_len} bytes "{s.sent_text}" to port {s.port}; '
+             f'expected {n} bytes "{msg}" to port {run.port}')
+    if r.received_len is None:
+        why = " (the receiver timed out waiting)" if run.receiver_timed_out else ""
+        need(False, "", f'no "receiver: received N bytes ..." line{why}', "missing")
+    elif r.received_len == n and r.received_text == msg:
+        need(True, f'receiver: received {n} bytes "{msg}": the payload arrived intact', "")
+    elif 0 <= r.received_len < n and msg.startswith(r.received_text or "") \
+            and (r.received_text or "") != msg:
+        need(False, "", f"truncated: the receiver got {r.received_len} of the {n} bytes sent "
+                        f'("{r.received_text}"); its buffer or recv() length is too small')
+    else:
+        need(False, "", f'receiver got {r.received_len} bytes "{r.received_text}", '
+                        f'expected {n} bytes "{msg}"')
+    if run.sender_timed_out:
+        need(False, "", "the sender did not finish in time")
+    if run.sender_exit not in (0, None):
+        need(False, "", f"the sender exited with status {run.sender_exit}")
+    if run.receiver_exit not in (0, None):
+        need(False, "", f"the receiver exited with status {run.receiver_exit}")
+    return ok, evid
+
+
+# ---------------------------------------------------------------- the module's records
+def _one(run: RunData, kind: str, evid: list[Evidence]):
+    recs = run.copy_records(kind)
+    if len(recs) == 1:
+        return recs[0]
+    if not recs:
+        evid.append(missing(f"no [{kind}] record in the kernel log for this run"))
+    else:
+        evid.append(bad(f"{len(recs)} [{kind}] records for this run; expected exactly one "
+                        f"(filter on process name and length)"))
+        evid += [bad(r.text) for r in recs[:6]]
+    return None
+
+
+def _explain_missing_copy1(run: RunData, evid: list[Evidence]) -> None:
+    tx = run.tx_event()
+    prof = run.profile
+    sym = prof.copy_from if prof else "_copy_from_iter"
+    csum = prof.symbols.get("send_caller_csum", "csum_and_copy_from_iter_full") if prof \
+        else "csum_and_copy_from_iter_full"
+    if run.trace_text is None:
+        return
+    if tx is not None:
+        evid.append(info(
+            f"the independent trace saw the send: {tx.location.split('+')[0] or 'ip_generic_getfrag'} "
+            f"copied {tx.num('len')} bytes from {hx(tx.user_addr)} to {hx(tx.num('to'))}, "
+            f"but there was no {sym} record: the data probably went through the checksumming "
+            f"path {csum} (as with MSG_MORE or UDP_CORK), or the probe's filter rejected it"))
+    elif run.trace_events("copylab_tx"):
+        evid.append(info(f"the trace saw ip_generic_getfrag calls but none from "
+                         f"{run.send_comm!r} with len={run.payload_len}"))
+    else:
+        evid.append(info("the independent trace saw no ip_generic_getfrag call either: "
+                         "did the sender send at all?"))
+
+
+@check_kind("copy_kernel_side")
+def check_copy_kernel_side(run: RunData, opts: dict):
+    """options: copy = "COPY1" | "COPY4". Exactly one record, len = payload length, a kernel
+    address on the kernel side; for COPY4 also src == COPY1's dest (same skb on loopback).
+    The first-milestone forms pass."""
+    kind = opts.get("copy", "COPY1")
+    evid: list[Evidence] = []
+    rec = _one(run, kind, evid)
+    if rec is None:
+        if kind == "COPY1" and not run.copy_records("COPY1"):
+            _explain_missing_copy1(run, evid)
+        return False, evid
+    ok = True
+    evid.append(info(rec.text))
+    prof = run.profile
+    kaddr = rec.kernel_addr
+    side = "dest" if kind == "COPY1" else "src"
+    is_k = prof.is_kernel_address(kaddr) if prof else (kaddr or 0) >= 0xff00000000000000
+    if is_k:
+        evid.append(good(f"{side}={hx(kaddr)} is a kernel address"))
+    else:
+        ok = False
+        evid.append(bad(f"{side}={hx(kaddr)} is not a kernel address"))
+    if rec.len == run.payload_len:
+        evid.append(good(f"len={rec.len} is the payload length"))
+    else:
+        ok = False
+        evid.append(bad(f"len={rec.len}, but the payload is {run.payload_len} bytes"))
+    if kind == "COPY4":
+        c1 = run.copy_records("COPY1")
+        if len(c1) != 1 or c1[0].dest is None:
+            ok = False
+            evid.append(missing("no single [COPY1] dest to compare src with"))
+        elif c1[0].dest == rec.src:
+            evid.append(good(f"src={hx(rec.src)} equals COPY1's dest: the same skb on loopback"))
+        else:
+            ok = False
+            evid.append(bad(f"src={hx(rec.src)} differs from COPY1's dest={hx(c1[0].dest)} "
+                            f"(on loopback both are the same skb)"))
+    if rec.milestone_form:
+        evid.append(info(f"first-milestone form: the user-side address is not printed yet"))
+    return ok, evid
+
+
+@check_kind("copy_user_side")
+def check_copy_user_side(run: RunData, opts: dict):
+    """options: copy = "COPY1" | "COPY4". The whole record: the kernel side as in
+    copy_kernel_side, and the user address equals the buffer the sender (COPY1 src) or the
+    receiver (COPY4 dest) printed. Milestone forms fail here."""
+    kind = opts.get("copy", "COPY1")
+    k_ok, k_evid = check_copy_kernel_side(run, {"copy": kind})
+    if not k_ok:  # the whole record is judged: kernel side first
+        return False, [e for e in k_evid if e.mark != "good"]
+    evid: list[Evidence] = []
+    rec = _one(run, kind, evid)
+    evid.append(info(rec.text))
+    side, who = ("src", "sender") if kind == "COPY1" else ("dest", "receiver")
+    printed = run.sender.buffer if kind == "COPY1" else run.receiver.buffer
+    ua = rec.user_addr
+    if ua is None:
+        return False, evid + [missing(f"the record has no {side}= user address "
+                                      f"(first-milestone form)")]
+    prof = run.profile
+    if prof and not prof.is_user_address(ua):
+        return False, evid + [bad(f"{side}={hx(ua)} is not a user-space address")]
+    if printed is None:
+        return False, evid + [missing(f"the {who} printed no buffer address to compare with")]
+    if ua == printed:
+        return True, evid + [good(f"{side}={hx(ua)} is the {who}'s buffer ({who}: buffer at "
+                                  f"{hx(printed)})")]
+    return False, evid + [bad(f"{side}={hx(ua)}, but the {who}'s buffer is at {hx(printed)}")]
+
+
+# Aliases named after the records (lab.toml may use either spelling).
+REGISTRY["copy1_kernel_side"] = lambda run, o: check_copy_kernel_side(run, {**o, "copy": "COPY1"})
+REGISTRY["copy4_kernel_side"] = lambda run, o: check_copy_kernel_side(run, {**o, "copy": "COPY4"})
+REGISTRY["copy1_record"] = lambda run, o: check_copy_user_side(run, {**o, "copy": "COPY1"})
+REGISTRY["copy4_record"] = lambda run, o: check_copy_user_side(run, {**o, "copy": "COPY4"})
+
+
+# ---------------------------------------------------------------- independent trace
+@check_kind("agrees_with_trace")
+def check_agrees_with_trace(run: RunData, opts: dict):
+    evid: list[Evidence] = []
+    if run.trace_text is None:
+        return False, [missing("the independent trace was not collected")]
+    c1 = run.copy_records("COPY1")
+    c4 = run.copy_records("COPY4")
+    c1 = c1[0] if len(c1) == 1 else None
+    c4 = c4[0] if len(c4) == 1 else None
+    tx, rx, rxmsg = run.tx_event(), run.rx_event(), run.rxmsg_event()
+    ok = True
+    disagree: list[str] = []
+
+    def cmp(label: str, mine, theirs, fmt=hx):
+        nonlocal ok
+        if mine is None or theirs is None:
+            ok = False
+            evid.append(missing(f"{label}: module {fmt(mine)}, trace {fmt(theirs)}"))
+        elif mine == theirs:
+            evid.append(good(f"{label}: module {fmt(mine)} == trace {fmt(theirs)}"))
+        else:
+            ok = False
+            disagree.append(label)
+            evid.append(bad(f"{label}: module {fmt(mine)} != trace {fmt(theirs)}"))
+
+    if tx is None:
+        ok = False
+        evid.append(missing(f"the trace has no copylab_tx event from {run.send_comm!r} "
+                            f"with len={run.payload_len}"))
+    else:
+        evid.append(info(tx.line.strip()))
+        if c1 is not None:
+            cmp("COPY1 dest vs tx to", c1.dest, tx.num("to"))
+            cmp("COPY1 len vs tx len", c1.len, tx.num("len"), str)
+            cmp("COPY1 src vs tx ubase+uoff", c1.src, tx.user_addr)
+    if rx is None:
+        ok = False
+        evid.append(missing(f"the trace has no copylab_rx event from {run.recv_comm!r} "
+                            f"with len={run.payload_len}"))
+    else:
+        evid.append(info(rx.line.strip()))
+        if c4 is not None:
+            cmp("COPY4 src vs rx data", c4.src, rx.num("data"))
+            cmp("COPY4 len vs rx len", c4.len, rx.num("len"), str)
+        payload = rx.payload()
+        want = run.message.encode()
+        if payload == want:
+            evid.append(good(f'trace payload "{payload.decode(errors="replace")}" == sent payload'))
+        else:
+            ok = False
+            disagree.append("payload")
+            evid.append(bad(f"trace payload {payload!r} != sent payload {want!r}"))
+    if rxmsg is None:
+        ok = False
+        evid.append(missing(f"the trace has no copylab_rxmsg event from {run.recv_comm!r}"))
+    elif c4 is not None:
+        cmp("COPY4 dest vs rxmsg ubase+uoff", c4.dest, rxmsg.user_addr)
+    if c1 is None or c4 is None:
+        ok = False
+        evid.append(missing("need exactly one [COPY1] and one [COPY4] record to compare"))
+    if disagree:
+        evid.insert(0, bad("disagrees with the independent trace on: " + ", ".join(disagree)))
+    return ok, evid
+
+
+# ---------------------------------------------------------------- kernel health
+@check_kind("no_kernel_fault")
+def check_no_kernel_fault(run: RunData, opts: dict):
+    evid: list[Evidence] = []
+    ok = True
+    if run.crash_excerpt:
+        ok = False
+        where = f" during {run.crash_phase}" if run.crash_phase else ""
+        evid.append(bad(f"the kernel crashed{where}; serial log:"))
+        evid += [bad(ln) for ln in run.crash_excerpt.splitlines()[:25] if ln.strip()]
+    found = ev.crash_lines(run.kmsg)
+    if found:
+        ok = False
+        evid += [bad(f"kernel log: {ln}") for ln in found[:10]]
+    elif run.kmsg_text is None:
+        if ok and not run.crash_excerpt:
+            ok = False
+        evid.append(missing("the kernel log of the run was not collected"))
+    else:
+        evid.append(good("no oops, panic, BUG or WARNING in the kernel log of the run"))
+    new = ev.new_fatal_taint(run.taint_before, run.taint_after)
+    if run.taint_after is None:
+        ok = False
+        evid.append(missing("the taint mask after the run was not collected"))
+    elif new:
+        ok = False
+        evid.append(bad(f"new fatal taint {new} ({', '.join(ev.taint_names(new))}); "
+                        f"before {run.taint_before}, after {run.taint_after}"))
+    else:
+        evid.append(good(f"no fatal taint (before {run.taint_before}, after {run.taint_after}: "
+                         f"{', '.join(ev.taint_names(run.taint_after)) or 'none'})"))
+    return ok, evid

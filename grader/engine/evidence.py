@@ -1,0 +1,291 @@
+"""Parsers for what a grading run collects: /dev/kmsg records, the module's COPY records, the lab
+programs' output lines, tracefs trace lines, crash markers and the taint mask. Stdlib only."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# ---------------------------------------------------------------- /dev/kmsg
+FACILITY_KERNEL = 0
+
+
+@dataclass
+class KmsgRecord:
+    prio: int
+    seq: int
+    ts_usec: int
+    flags: str
+    text: str
+    extra: list[str] = field(default_factory=list)   # continuation (dictionary) lines
+    raw: str = ""
+
+    @property
+    def facility(self) -> int:
+        return self.prio >> 3
+
+    @property
+    def level(self) -> int:
+        return self.prio & 7
+
+
+_KMSG_RE = re.compile(r"^(\d+),(\d+),(\d+),([^,;]*)(?:,[^;]*)?;(.*)$")
+
+
+def parse_kmsg(text: str, after_seq: int | None = None,
+               kernel_only: bool = True) -> list[KmsgRecord]:
+    """Records as /dev/kmsg gives them (``prio,seq,ts_usec,flags[,...];text``), one per line;
+    lines starting with a space continue the previous record. Keeps facility 0 (kernel) records
+    only (user-space writes to /dev/kmsg carry another facility) and, with ``after_seq``, only
+    records with seq > after_seq. Unparsable lines are ignored."""
+    records: list[KmsgRecord] = []
+    cur: KmsgRecord | None = None
+    for line in text.splitlines():
+        if line.startswith(" "):
+            if cur is not None:
+                cur.extra.append(line[1:])
+            continue
+        m = _KMSG_RE.match(line)
+        if not m:
+            cur = None
+            continue
+        cur = KmsgRecord(int(m[1]), int(m[2]), int(m[3]), m[4], m[5], raw=line)
+        records.append(cur)
+    return [r for r in records
+            if (not kernel_only or r.facility == FACILITY_KERNEL)
+            and (after_seq is None or r.seq > after_seq)]
+
+
+# ---------------------------------------------------------------- COPY records
+@dataclass
+class CopyRecord:
+    kind: str                 # "COPY1" | "COPY4"
+    src: int | None
+    dest: int | None
+    len: int
+    text: str                 # the record's whole text
+    seq: int | None = None
+
+    @property
+    def user_addr(self) -> int | None:
+        return self.src if self.kind == "COPY1" else self.dest
+
+    @property
+    def kernel_addr(self) -> int | None:
+        return self.dest if self.kind == "COPY1" else self.src
+
+    @property
+    def milestone_form(self) -> bool:
+        """First-milestone record: only the kernel side (no user address)."""
+        return self.user_addr is None
+
+
+_HEX = r"(?:0x)?([0-9a-fA-F]{1,16})"
+_COPY_RE = re.compile(
+    r"\[(COPY[14])\]\s+(?:src=" + _HEX + r"\s+)?(?:dest=" + _HEX + r"\s+)?len=(\d+)")
+
+
+def parse_copy_records(records: list[KmsgRecord] | str) -> list[CopyRecord]:
+    """COPY1/COPY4 records found anywhere in kernel records' text (full and milestone forms)."""
+    if isinstance(records, str):
+        records = parse_kmsg(records)
+    out: list[CopyRecord] = []
+    for r in records:
+        for m in _COPY_RE.finditer(r.text):
+            kind, src, dest, ln = m.group(1), m.group(2), m.group(3), int(m.group(4))
+            rec = CopyRecord(kind, int(src, 16) if src else None, int(dest, 16) if dest else None,
+                             ln, r.text, r.seq)
+            # COPY1 milestone form is "dest=.. len=..", COPY4's is "src=.. len=.."; a record
+            # with neither address, or COPY1 with src only, is kept (checks judge it)
+            out.append(rec)
+    return out
+
+
+# ---------------------------------------------------------------- program output
+_ADDR = r"(0x[0-9a-fA-F]+|\(nil\))"
+
+
+def _addr(s: str) -> int:
+    return 0 if s == "(nil)" else int(s, 16)
+
+
+@dataclass
+class SenderReport:
+    buffer: int | None = None
+    sent_len: int | None = None
+    sent_text: str | None = None
+    port: int | None = None
+    lines: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReceiverReport:
+    listening_port: int | None = None
+    buffer: int | None = None
+    received_len: int | None = None
+    received_text: str | None = None
+    lines: list[str] = field(default_factory=list)
+
+
+_S_BUF = re.compile(r"^sender: buffer at " + _ADDR + r"\s*$")
+_S_SENT = re.compile(r'^sender: sent (-?\d+) bytes "(.*)" to 127\.0\.0\.1:(\d+)\s*$')
+_R_LISTEN = re.compile(r"^receiver: listening on 127\.0\.0\.1:(\d+)\s*$")
+_R_BUF = re.compile(r"^receiver: buffer at " + _ADDR + r"\s*$")
+_R_RECV = re.compile(r'^receiver: received (-?\d+) bytes "(.*)"\s*$')
+
+
+def parse_sender(text: str) -> SenderReport:
+    rep = SenderReport()
+    for line in text.splitlines():
+        if m := _S_BUF.match(line):
+            rep.buffer = _addr(m[1])
+        elif m := _S_SENT.match(line):
+            rep.sent_len, rep.sent_text, rep.port = int(m[1]), m[2], int(m[3])
+        else:
+            continue
+        rep.lines.append(line)
+    return rep
+
+
+def parse_receiver(text: str) -> ReceiverReport:
+    rep = ReceiverReport()
+    for line in text.splitlines():
+        if m := _R_LISTEN.match(line):
+            rep.listening_port = int(m[1])
+        elif m := _R_BUF.match(line):
+            rep.buffer = _addr(m[1])
+        elif m := _R_RECV.match(line):
+            rep.received_len, rep.received_text = int(m[1]), m[2]
+        else:
+            continue
+        rep.lines.append(line)
+    return rep
+
+
+# ---------------------------------------------------------------- tracefs
+@dataclass
+class TraceEvent:
+    comm: str
+    pid: int
+    cpu: int
+    flags: str
+    timestamp: float
+    event: str
+    location: str
+    args: dict[str, str]
+    line: str = ""
+
+    def num(self, key: str) -> int | None:
+        v = self.args.get(key)
+        if v is None:
+            return None
+        try:
+            return int(v, 0) if not v.lstrip("-").isdigit() else int(v)
+        except ValueError:
+            return None
+
+    @property
+    def user_addr(self) -> int | None:
+        base, off = self.num("ubase"), self.num("uoff")
+        if base is None:
+            return None
+        return base + (off or 0)
+
+    def payload(self) -> bytes | None:
+        w0, w1 = self.num("w0"), self.num("w1")
+        if w0 is None or w1 is None:
+            return None
+        return decode_words(w0, w1, self.num("len"))
+
+
+_TRACE_RE = re.compile(
+    r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
+    r"(?:(?P<flags>[^\s\d][^\s]*)\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>[\w.]+):\s+"
+    r"(?:\((?P<loc>[^)]*)\))?\s*(?P<args>.*)$")
+_ARG_RE = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def parse_trace(text: str) -> list[TraceEvent]:
+    """Lines of a tracefs ``trace`` file; '#' comment lines and unparsable lines are skipped."""
+    out: list[TraceEvent] = []
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _TRACE_RE.match(line)
+        if not m:
+            continue
+        args = {}
+        for k, v in _ARG_RE.findall(m["args"]):
+            args[k] = v[1:-1] if len(v) >= 2 and v[0] == v[-1] == '"' else v
+        out.append(TraceEvent(
+            comm=args.get("comm", m["task"]), pid=int(m["pid"]), cpu=int(m["cpu"]),
+            flags=m["flags"] or "", timestamp=float(m["ts"]), event=m["event"],
+            location=m["loc"] or "", args=args, line=line))
+    return out
+
+
+def decode_words(w0: int, w1: int, length: int | None = None) -> bytes:
+    """Two little-endian 64-bit words -> the first 16 payload bytes (cut to ``length``)."""
+    data = (w0 & (2**64 - 1)).to_bytes(8, "little") + (w1 & (2**64 - 1)).to_bytes(8, "little")
+    if length is not None and 0 <= length < 16:
+        data = data[:length]
+    return data
+
+
+# ---------------------------------------------------------------- crashes and taint
+# "WARNING:" alone is too loose (user text, firmware notes); the kernel's WARN() splat is
+# "WARNING: CPU: n PID: n at ...", and it counts as a fault (it also sets TAINT_WARN).
+CRASH_PATTERNS = [
+    re.compile(r"\bBUG:"),
+    re.compile(r"\bkernel BUG at\b"),
+    re.compile(r"\bOops\b"),
+    re.compile(r"\bKernel panic\b"),
+    re.compile(r"\bgeneral protection fault\b"),
+    re.compile(r"\bUnable to handle kernel\b"),
+    re.compile(r"\bWARNING: CPU: \d+ PID: \d+"),
+]
+
+
+def crash_lines(text_or_records: str | list[KmsgRecord]) -> list[str]:
+    if isinstance(text_or_records, str):
+        lines = text_or_records.splitlines()
+    else:
+        lines = [r.text for r in text_or_records]
+    return [ln for ln in lines if any(p.search(ln) for p in CRASH_PATTERNS)]
+
+
+TAINT_FLAGS = {
+    0: ("PROPRIETARY_MODULE", False), 1: ("FORCED_MODULE", False), 2: ("CPU_OUT_OF_SPEC", True),
+    3: ("FORCED_RMMOD", False), 4: ("MACHINE_CHECK", True), 5: ("BAD_PAGE", True),
+    6: ("USER", False), 7: ("DIE", True), 8: ("OVERRIDDEN_ACPI_TABLE", False),
+    9: ("WARN", True), 10: ("CRAP", False), 11: ("FIRMWARE_WORKAROUND", False),
+    12: ("OOT_MODULE", False), 13: ("UNSIGNED_MODULE", False), 14: ("SOFTLOCKUP", True),
+    15: ("LIVEPATCH", False), 16: ("AUX", False), 17: ("RANDSTRUCT", False), 18: ("TEST", False),
+}
+FATAL_TAINT_MASK = sum(1 << b for b, (_, fatal) in TAINT_FLAGS.items() if fatal)
+
+
+def parse_taint(text: str | None) -> int | None:
+    if text is None:
+        return None
+    s = text.strip().split()
+    if not s:
+        return None
+    try:
+        return int(s[0], 0)
+    except ValueError:
+        return None
+
+
+def taint_names(mask: int) -> list[str]:
+    return [TAINT_FLAGS.get(b, (f"bit{b}", True))[0] for b in range(64) if mask >> b & 1]
+
+
+def new_fatal_taint(before: int | None, after: int | None) -> int:
+    """Fatal taint bits set during the run (OOT_MODULE 4096 and UNSIGNED_MODULE 8192, expected for
+    the lab's module, never count). Unknown bits above the table count as fatal."""
+    if after is None:
+        return 0
+    new = after & ~(before or 0)
+    unknown = new & ~sum(1 << b for b in TAINT_FLAGS)
+    return (new & FATAL_TAINT_MASK) | unknown

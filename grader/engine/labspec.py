@@ -1,0 +1,208 @@
+"""Load and validate labs/<lab>/lab.toml."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LabSpecError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LABS_DIR = REPO_ROOT / "labs"
+
+PHASES = ("acquire", "verify", "upload", "build", "trace_start", "load", "run", "collect",
+          "unload", "release")
+DEFAULT_TIMEOUTS = {"acquire": 180, "verify": 30, "upload": 60, "build": 300, "trace_start": 30,
+                    "load": 30, "run": 30, "collect": 60, "unload": 30, "release": 60}
+CHECK_KEYS = {"name", "kind", "points", "depends", "hint", "title"}
+
+
+@dataclass
+class CheckSpec:
+    name: str
+    kind: str
+    points: int
+    depends: list[str] = field(default_factory=list)
+    hint: str = ""
+    title: str = ""
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class LabSpec:
+    id: str
+    title: str
+    dir: Path
+    files: list[str]
+    max_file_bytes: int
+    build_files: list[str]
+    build_command: str
+    build_outputs: list[str]
+    kernel: str
+    module: str
+    module_file: str
+    load_args: list[str]
+    receiver_command: str
+    sender_command: str
+    send_comm: str
+    recv_comm: str
+    message_length: int
+    message_alphabet: str
+    port_range: tuple[int, int]
+    timeouts: dict[str, float]
+    checks: list[CheckSpec]
+    max_score: int
+    raw: dict = field(default_factory=dict, repr=False)
+
+    def timeout(self, phase: str) -> float:
+        return float(self.timeouts[phase])
+
+    def check(self, name: str) -> CheckSpec:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+def _get(d: dict, key: str, typ, where: str, default=...):
+    if key not in d:
+        if default is ...:
+            raise LabSpecError(f"{where}: missing key {key!r}")
+        return default
+    v = d[key]
+    if typ is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+        raise LabSpecError(f"{where}: {key!r} must be {typ.__name__}, not {type(v).__name__}")
+    return v
+
+
+def _str_list(d, key, where, default=...):
+    v = _get(d, key, list, where, default)
+    if not all(isinstance(x, str) for x in v):
+        raise LabSpecError(f"{where}: {key!r} must be a list of strings")
+    return list(v)
+
+
+def load_lab(lab: str | Path, labs_dir: str | Path | None = None,
+             kinds: set[str] | None = None) -> LabSpec:
+    """Load ``labs/<lab>/lab.toml`` (``lab`` is a lab id, a lab directory or a lab.toml path)."""
+    p = Path(lab)
+    if p.suffix == ".toml":
+        path = p
+    elif p.is_dir():
+        path = p / "lab.toml"
+    else:
+        path = Path(labs_dir or LABS_DIR) / str(lab) / "lab.toml"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise LabSpecError(f"no lab spec at {path}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise LabSpecError(f"{path}: {e}") from e
+    return parse_lab(data, path.parent, kinds=kinds, where=str(path))
+
+
+def parse_lab(data: dict, lab_dir: str | Path, kinds: set[str] | None = None,
+              where: str = "lab.toml") -> LabSpec:
+    if kinds is None:
+        from .checks import REGISTRY
+        kinds = set(REGISTRY)
+    lab = _get(data, "lab", dict, where)
+    sub = _get(data, "submission", dict, where)
+    build = _get(data, "build", dict, where, {})
+    run = _get(data, "run", dict, where, {})
+    grading = _get(data, "grading", dict, where, {})
+    tmo = dict(DEFAULT_TIMEOUTS)
+    for k, v in _get(data, "timeouts", dict, where, {}).items():
+        if k not in PHASES:
+            raise LabSpecError(f"{where}: [timeouts] unknown phase {k!r} (phases: {', '.join(PHASES)})")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            raise LabSpecError(f"{where}: [timeouts] {k} must be a positive number")
+        tmo[k] = float(v)
+    pr = _get(run, "port_range", list, f"{where} [run]", [20000, 60000])
+    if len(pr) != 2 or not all(isinstance(x, int) for x in pr) or not 1024 <= pr[0] < pr[1] <= 65535:
+        raise LabSpecError(f"{where}: [run] port_range must be [low, high] within 1024..65535")
+    checks = _parse_checks(_get(data, "checks", list, where, []), kinds, where)
+    total = sum(c.points for c in checks)
+    declared = _get(grading, "total", int, f"{where} [grading]", total)
+    if declared != total:
+        raise LabSpecError(f"{where}: check points add up to {total}, but [grading] total = {declared}")
+    files = _str_list(sub, "files", f"{where} [submission]")
+    return LabSpec(
+        id=_get(lab, "id", str, f"{where} [lab]"),
+        title=_get(lab, "title", str, f"{where} [lab]", ""),
+        dir=Path(lab_dir),
+        files=files,
+        max_file_bytes=_get(sub, "max_file_bytes", int, f"{where} [submission]", 65536),
+        build_files=_str_list(build, "files", f"{where} [build]", ["Makefile", "Kbuild"]),
+        build_command=_get(build, "command", str, f"{where} [build]", "make"),
+        build_outputs=_str_list(build, "outputs", f"{where} [build]", []),
+        kernel=_get(run, "kernel", str, f"{where} [run]", ""),
+        module=_get(run, "module", str, f"{where} [run]", ""),
+        module_file=_get(run, "module_file", str, f"{where} [run]", ""),
+        load_args=_str_list(run, "load_args", f"{where} [run]", []),
+        receiver_command=_get(run, "receiver", str, f"{where} [run]", "./receiver {port}"),
+        sender_command=_get(run, "sender", str, f"{where} [run]", "./sender {message} {port}"),
+        send_comm=_get(run, "send_comm", str, f"{where} [run]", "sender"),
+        recv_comm=_get(run, "recv_comm", str, f"{where} [run]", "receiver"),
+        message_length=_get(run, "message_length", int, f"{where} [run]", 16),
+        message_alphabet=_get(run, "message_alphabet", str, f"{where} [run]",
+                              "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"),
+        port_range=(pr[0], pr[1]),
+        timeouts=tmo, checks=checks, max_score=total, raw=data)
+
+
+def _parse_checks(items: list, kinds: set[str], where: str) -> list[CheckSpec]:
+    checks: list[CheckSpec] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        w = f"{where} [[checks]] #{i + 1}"
+        if not isinstance(item, dict):
+            raise LabSpecError(f"{w}: must be a table")
+        name = _get(item, "name", str, w)
+        w = f"{where} check {name!r}"
+        if name in seen:
+            raise LabSpecError(f"{w}: duplicate check name")
+        seen.add(name)
+        kind = _get(item, "kind", str, w)
+        if kind not in kinds:
+            raise LabSpecError(f"{w}: unknown kind {kind!r} (known: {', '.join(sorted(kinds))})")
+        points = _get(item, "points", int, w)
+        if points < 0:
+            raise LabSpecError(f"{w}: points must be >= 0")
+        checks.append(CheckSpec(
+            name=name, kind=kind, points=points, depends=_str_list(item, "depends", w, []),
+            hint=_get(item, "hint", str, w, ""), title=_get(item, "title", str, w, ""),
+            options={k: v for k, v in item.items() if k not in CHECK_KEYS}))
+    for c in checks:
+        for d in c.depends:
+            if d not in seen:
+                raise LabSpecError(f"{where} check {c.name!r}: depends on unknown check {d!r}")
+    topo_order(checks, where)
+    return checks
+
+
+def topo_order(checks: list[CheckSpec], where: str = "lab.toml") -> list[CheckSpec]:
+    """Checks in an order where dependencies come first (declaration order otherwise kept)."""
+    by_name = {c.name: c for c in checks}
+    state: dict[str, int] = {}
+    out: list[CheckSpec] = []
+
+    def visit(c: CheckSpec, path: list[str]):
+        s = state.get(c.name)
+        if s == 2:
+            return
+        if s == 1:
+            cyc = path[path.index(c.name):] + [c.name]
+            raise LabSpecError(f"{where}: dependency cycle: {' -> '.join(cyc)}")
+        state[c.name] = 1
+        for d in c.depends:
+            visit(by_name[d], path + [c.name])
+        state[c.name] = 2
+        out.append(c)
+
+    for c in checks:
+        visit(c, [])
+    return out
