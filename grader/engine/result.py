@@ -1,0 +1,137 @@
+"""The result document of one grading run, its Gradescope form and a terminal rendering."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .checks import CheckResult, hx
+from .model import RunData
+
+SCHEMA_VERSION = 1
+ARTIFACT_NAMES = ("build.log", "kmsg.txt", "sender.out", "receiver.out", "trace.txt")
+
+
+def trace_table(run: RunData) -> list[dict]:
+    """The narrative's 7 steps, filled with this run's real addresses ("?" where unknown)."""
+    c1 = run.copy_records("COPY1")
+    c4 = run.copy_records("COPY4")
+    c1 = c1[0] if len(c1) == 1 else None
+    c4 = c4[0] if len(c4) == 1 else None
+    tx, rx = run.tx_event(), run.rx_event()
+    n = run.payload_len
+    sbuf = run.sender.buffer if run.sender.buffer is not None else (c1.src if c1 else None)
+    rbuf = run.receiver.buffer if run.receiver.buffer is not None else (c4.dest if c4 else None)
+    skb = c1.dest if c1 and c1.dest is not None else (tx.num("to") if tx else None)
+    skb_data = c4.src if c4 and c4.src is not None else (rx.num("data") if rx else None)
+    tpayload = rx.payload() if rx else None
+    q = f'"{run.message}"'
+    return [
+        {"step": 1, "action": "sender fills its buffer (user space)",
+         "location": f"sender buffer {hx(sbuf)}", "data": f"{q} ({n} bytes)"},
+        {"step": 2, "action": "sendto(): udp_sendmsg -> ip_generic_getfrag",
+         "location": f"msg_iter user address {hx(tx.user_addr if tx else None)}",
+         "data": f"len={tx.num('len') if tx else '?'}"},
+        {"step": 3, "action": "copy #1 _copy_from_iter: user -> kernel (skb)",
+         "location": f"{hx(c1.src if c1 else None)} -> {hx(skb)}",
+         "data": f"len={c1.len if c1 else '?'}"},
+        {"step": 4, "action": "the skb waits on the receiving socket (loopback)",
+         "location": f"skb->data {hx(skb_data)}",
+         "data": (f'"{tpayload.decode(errors="replace")}"' if tpayload is not None else "?")},
+        {"step": 5, "action": "recv(): udp_recvmsg -> copy_linear_skb",
+         "location": f"msg_iter user address {hx(run.rxmsg_event().user_addr if run.rxmsg_event() else None)}",
+         "data": f"len={rx.num('len') if rx else '?'}"},
+        {"step": 6, "action": "copy #4 _copy_to_iter: kernel (skb) -> user",
+         "location": f"{hx(c4.src if c4 else None)} -> {hx(c4.dest if c4 else rbuf)}",
+         "data": f"len={c4.len if c4 else '?'}"},
+        {"step": 7, "action": "receiver's buffer holds the message (user space)",
+         "location": f"receiver buffer {hx(rbuf)}",
+         "data": (f'"{run.receiver.received_text}"' if run.receiver.received_text is not None
+                  else "?")},
+    ]
+
+
+def build_result(run: RunData, checks: list[CheckResult], artifacts: dict[str, str] | None = None,
+                 max_score: int | None = None) -> dict:
+    env = {"kernel_release": None, "arch": None, "module_sha256": run.module_sha256,
+           "accel": None}
+    env.update({k: v for k, v in run.environment.items() if v is not None})
+    env["module_sha256"] = run.module_sha256
+    return {
+        "schema": SCHEMA_VERSION,
+        "lab": run.lab_id,
+        "run_id": run.runid,
+        "submission": {"sha256": run.submission_sha256, "files": dict(run.submission_files)},
+        "message": run.message,
+        "port": run.port,
+        "score": sum(c.points for c in checks),
+        "max_score": max_score if max_score is not None else sum(c.max_points for c in checks),
+        "verdict": run.verdict,
+        "checks": [c.as_dict() for c in checks],
+        "phases": [p.as_dict() for p in run.phases.values()],
+        "environment": env,
+        "trace_table": trace_table(run),
+        "copies": 2,
+        "bytes_held": 3 * run.payload_len,
+        "artifacts": dict(artifacts or {}),
+    }
+
+
+def write_result(result: dict, outdir: str | Path, name: str = "result.json") -> Path:
+    p = Path(outdir) / name
+    p.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return p
+
+
+def to_gradescope(result: dict) -> dict:
+    """Gradescope autograder results.json."""
+    tests = []
+    for c in result["checks"]:
+        lines = [f"[{e['mark']}] {e['text']}" for e in c["evidence"]]
+        if not c["passed"] and c.get("hint"):
+            lines.append(f"hint: {c['hint']}")
+        tests.append({"name": c.get("title") or c["name"], "number": c["name"],
+                      "score": c["points"], "max_score": c["max_points"],
+                      "status": "passed" if c["passed"] else "failed",
+                      "output": "\n".join(lines), "visibility": "visible"})
+    out = [f"verdict: {result['verdict']}"] if result.get("verdict") else []
+    out.append(render_table(result["trace_table"]))
+    return {"score": result["score"], "output": "\n".join(out), "visibility": "visible",
+            "stdout_visibility": "hidden", "tests": tests}
+
+
+MARK_SYMBOL = {"good": "+", "bad": "x", "missing": "?", "info": " "}
+
+
+def render_table(rows: list[dict]) -> str:
+    heads = ("step", "action", "location", "data")
+    cells = [[str(r[h]) for h in heads] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*heads), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*c) for c in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def render_text(result: dict) -> str:
+    lines = [f"copylab {result['lab']} run {result.get('run_id', '')}: "
+             f"{result['score']}/{result['max_score']} points"]
+    if result.get("verdict"):
+        lines.append(f"VERDICT: {result['verdict']}")
+    lines.append("")
+    for c in result["checks"]:
+        status = "PASS" if c["passed"] else ("SKIP" if c.get("skipped_because") else "FAIL")
+        lines.append(f"[{status}] {c['name']} ({c['points']}/{c['max_points']})"
+                     + (f" - {c['title']}" if c.get("title") else ""))
+        for e in c["evidence"]:
+            lines.append(f"    {MARK_SYMBOL.get(e['mark'], ' ')} {e['text']}")
+        if not c["passed"] and c.get("hint"):
+            lines.append(f"    hint: {c['hint']}")
+    lines.append("")
+    lines.append("phases: " + ", ".join(f"{p['name']} {p['status']} {p['duration_s']:.1f}s"
+                                        for p in result["phases"]))
+    lines.append("")
+    lines.append(f"the message's journey ({result['copies']} copies, "
+                 f"{result['bytes_held']} bytes held in 3 buffers):")
+    lines.append(render_table(result["trace_table"]))
+    return "\n".join(lines) + "\n"

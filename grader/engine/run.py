@@ -1,0 +1,465 @@
+"""One grading run as explicit phases over a VM object and its Executor.
+
+The ``vm`` object (implemented by grader/vm/ over QEMU; a fake in the unit tests) must provide:
+
+    vm.acquire() -> None                 restore a clean VM
+    vm.executor()                        context manager -> Executor (user "grader", unprivileged)
+    vm.crash_excerpt() -> str | None     serial-log oops/panic text since acquire, or None
+    vm.alive() -> bool
+    vm.release(dirty: bool) -> None
+    vm.environment() -> dict             e.g. {"accel": "kvm"|"tcg", "arch": ..., ...}
+
+Phases: acquire, verify, upload, build, trace_start, load, run, collect, unload, release.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import shlex
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import GraderError
+from .checks import CheckResult, run_checks
+from .evidence import parse_taint
+from .labspec import LabSpec
+from .model import RunData
+from .profile import KernelProfile, load_profile
+from .result import build_result, write_result
+
+HELPER = "/usr/local/libexec/copylab/copylab-helper"
+RUNS_DIR = "/home/grader/runs"
+SELFTEST_MARK = "/var/lib/copylab/selftest.ok"
+RUNID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class PhaseFailed(Exception):
+    def __init__(self, status: str, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class Outcome:
+    run: RunData
+    checks: list[CheckResult]
+    result: dict
+    outdir: Path
+
+
+def new_runid(rng: random.Random | None = None) -> str:
+    rng = rng or random.SystemRandom()
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + "".join(rng.choice("0123456789abcdef")
+                                                          for _ in range(8))
+
+
+def new_message(lab: LabSpec, rng: random.Random | None = None) -> str:
+    rng = rng or random.SystemRandom()
+    return "".join(rng.choice(lab.message_alphabet) for _ in range(lab.message_length))
+
+
+def new_port(lab: LabSpec, rng: random.Random | None = None) -> int:
+    rng = rng or random.SystemRandom()
+    return rng.randint(*lab.port_range)
+
+
+def submission_digest(files: dict[str, bytes]) -> tuple[str, dict[str, str]]:
+    per = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
+    h = hashlib.sha256()
+    for name, d in per.items():
+        h.update(f"{name}\0{d}\n".encode())
+    return h.hexdigest(), per
+
+
+class Deadline:
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+
+    def left(self, floor: float = 1.0) -> float:
+        rem = self.end - time.monotonic()
+        if rem <= 0:
+            raise PhaseFailed("timeout", "phase time limit reached")
+        return max(floor, rem)
+
+
+class GradingRun:
+    """Runs the phases; ``self.run`` is the per-run RunData the checks read."""
+
+    def __init__(self, lab: LabSpec, vm, submission_dir: str | Path, outdir: str | Path, *,
+                 profile: KernelProfile | None = None, message: str | None = None,
+                 port: int | None = None, runid: str | None = None,
+                 rng: random.Random | None = None, helper: str = HELPER,
+                 runs_dir: str = RUNS_DIR, poll_interval: float = 0.1, sudo: str = "sudo -n"):
+        self.lab = lab
+        self.vm = vm
+        self.submission_dir = Path(submission_dir)
+        self.outdir = Path(outdir)
+        self.profile = profile or load_profile(lab.kernel)
+        self.helper = helper
+        self.sudo = sudo
+        self.poll = poll_interval
+        runid = runid or new_runid(rng)
+        if not RUNID_RE.match(runid):
+            raise ValueError(f"bad run id {runid!r}")
+        message = message if message is not None else new_message(lab, rng)
+        if not re.fullmatch(r"[A-Za-z0-9_]+", message):
+            raise ValueError(f"message must be [A-Za-z0-9_]+: {message!r}")
+        self.run = RunData(lab_id=lab.id, runid=runid, message=message,
+                           port=port if port is not None else new_port(lab, rng),
+                           profile=self.profile, send_comm=lab.send_comm, recv_comm=lab.recv_comm)
+        self.rdir = f"{runs_dir}/{runid}"
+        for name in ("acquire", "verify", "upload", "build", "trace_start", "load", "run",
+                     "collect", "unload", "release"):
+            self.run.phase(name)
+        self.ex = None
+
+    # ------------------------------------------------------------------ helpers
+    def sh(self, cmd: str, timeout: float, **kw):
+        return self.ex.run(cmd, timeout=timeout, **kw)
+
+    def helper_cmd(self, *args: str) -> str:
+        cmd = " ".join(shlex.quote(a) for a in (self.helper, *args))
+        return f"{self.sudo} {cmd}" if self.sudo else cmd
+
+    def _fmt(self, template: str) -> str:
+        return template.format(message=self.run.message, port=self.run.port, runid=self.run.runid)
+
+    def phase(self, name: str, fn) -> bool:
+        """Run one phase, record status, duration and detail. True when it ended ok."""
+        rec = self.run.phase(name)
+        t0 = time.monotonic()
+        try:
+            detail = fn(Deadline(self.lab.timeout(name)))
+            rec.status, rec.detail = "ok", detail or ""
+        except PhaseFailed as e:
+            rec.status, rec.detail = e.status, e.detail
+        except GraderError as e:
+            rec.status, rec.detail = "failed", f"{type(e).__name__}: {e}"
+        except Exception as e:  # keep grading what we have
+            rec.status, rec.detail = "failed", f"unexpected {type(e).__name__}: {e}"
+        rec.duration_s = time.monotonic() - t0
+        return rec.status == "ok"
+
+    def check_crash(self, phase: str) -> bool:
+        if self.run.crash_excerpt is not None:
+            return True
+        try:
+            excerpt = self.vm.crash_excerpt()
+        except Exception:
+            excerpt = None
+        if excerpt:
+            self.run.crash_excerpt = excerpt
+            self.run.crash_phase = phase
+            self.run.verdict = f"kernel crashed during {phase}"
+            return True
+        return False
+
+    def alive(self) -> bool:
+        try:
+            return bool(self.vm.alive())
+        except Exception:
+            return False
+
+    # ------------------------------------------------------------------ phases
+    def p_acquire(self, dl):
+        self.vm.acquire()
+
+    def p_verify(self, dl):
+        r = self.sh(f"uname -r; uname -m; test -f {SELFTEST_MARK} && echo selftest-ok",
+                    dl.left())
+        if r.timed_out:
+            raise PhaseFailed("timeout", "verify commands timed out")
+        lines = r.stdout.split()
+        release = lines[0] if lines else ""
+        self.run.environment["kernel_release"] = release or None
+        if len(lines) > 1:
+            self.run.environment["arch"] = lines[1]
+        if release != self.profile.release:
+            raise PhaseFailed("failed", f"VM runs kernel {release!r}, the profile is for "
+                                        f"{self.profile.release!r}")
+        if "selftest-ok" not in lines:
+            raise PhaseFailed("failed", f"{SELFTEST_MARK} is missing: the VM's probe self-test "
+                                        f"did not pass")
+        return f"kernel {release}, self-test ok"
+
+    def p_upload(self, dl):
+        files: dict[str, bytes] = {}
+        for name in self.lab.files:
+            p = self.submission_dir / name
+            if not p.is_file():
+                raise PhaseFailed("failed", f"submission file {name} is missing")
+            data = p.read_bytes()
+            if len(data) > self.lab.max_file_bytes:
+                raise PhaseFailed("failed", f"{name} is {len(data)} bytes, more than "
+                                            f"{self.lab.max_file_bytes}")
+            files[name] = data
+        self.run.submission_sha256, self.run.submission_files = submission_digest(files)
+        parent = self.rdir.rsplit("/", 1)[0]
+        r = self.sh(f"mkdir -p {shlex.quote(parent)} && mkdir {shlex.quote(self.rdir)}", dl.left())
+        if not r.ok:
+            raise PhaseFailed("timeout" if r.timed_out else "failed",
+                              f"cannot create {self.rdir}: {r.stderr.strip()}")
+        for name in self.lab.files:
+            self.ex.put(self.submission_dir / name, f"{self.rdir}/{name}", mode=0o644)
+        for name in self.lab.build_files:
+            self.ex.put(self.lab.dir / name, f"{self.rdir}/{name}", mode=0o644)
+        return f"{len(self.lab.files)} submission files + {', '.join(self.lab.build_files)}"
+
+    def p_build(self, dl):
+        r = self.sh(f"cd {shlex.quote(self.rdir)} && {self.lab.build_command} 2>&1", dl.left())
+        self.run.build_log = r.stdout + r.stderr
+        self.run.build_exit = r.exit_code
+        if r.timed_out:
+            raise PhaseFailed("timeout", f"build exceeded {self.lab.timeout('build'):g}s")
+        if r.exit_code != 0:
+            raise PhaseFailed("failed", f"{self.lab.build_command} exited {r.exit_code}")
+        outs = " ".join(shlex.quote(o) for o in self.lab.build_outputs)
+        r = self.sh(f"cd {shlex.quote(self.rdir)} && for f in {outs}; do test -f \"$f\" || "
+                    f"echo \"missing $f\"; done; sha256sum {shlex.quote(self.lab.module_file)} "
+                    f"2>/dev/null || true", dl.left())
+        self.run.build_outputs_missing = [ln.split(None, 1)[1] for ln in r.stdout.splitlines()
+                                          if ln.startswith("missing ")]
+        for ln in r.stdout.splitlines():
+            parts = ln.split()
+            if len(parts) == 2 and len(parts[0]) == 64 and parts[1] == self.lab.module_file:
+                self.run.module_sha256 = parts[0]
+        if self.run.build_outputs_missing:
+            raise PhaseFailed("failed", "missing " + ", ".join(self.run.build_outputs_missing))
+        return "built " + ", ".join(self.lab.build_outputs)
+
+    def p_trace_start(self, dl):
+        r = self.sh(self.helper_cmd("kmsg-seq"), dl.left())
+        try:
+            self.run.kmsg_start_seq = int(r.stdout.strip().split()[0])
+        except (ValueError, IndexError):
+            raise PhaseFailed("timeout" if r.timed_out else "failed",
+                              f"kmsg-seq gave {r.stdout.strip()!r} {r.stderr.strip()!r}")
+        r = self.sh(self.helper_cmd("taint"), dl.left())
+        self.run.taint_before = parse_taint(r.stdout)
+        r = self.sh(self.helper_cmd("trace-start", self.run.runid), dl.left())
+        if not r.ok:
+            raise PhaseFailed("timeout" if r.timed_out else "failed",
+                              f"trace-start failed: {(r.stderr or r.stdout).strip()}")
+        return f"kmsg seq {self.run.kmsg_start_seq}, taint {self.run.taint_before}"
+
+    def p_load(self, dl):
+        args = [self._fmt(a) for a in self.lab.load_args]
+        r = self.sh(self.helper_cmd("load", f"{self.rdir}/{self.lab.module_file}", *args),
+                    dl.left())
+        self.run.load_exit = r.exit_code
+        self.run.load_output = (r.stdout + r.stderr).strip()
+        if r.timed_out:
+            raise PhaseFailed("timeout", "insmod did not return")
+        if r.exit_code != 0:
+            raise PhaseFailed("failed", f"load exited {r.exit_code}: {self.run.load_output}")
+        return "loaded " + " ".join(args)
+
+    def p_run(self, dl):
+        run, d = self.run, shlex.quote(self.rdir)
+        tmo = max(1, int(self.lab.timeout("run")))
+        recv = self._fmt(self.lab.receiver_command)
+        inner = (f"timeout -k 2 {tmo} {recv} </dev/null >receiver.out 2>&1; "
+                 f"echo $? >receiver.rc")
+        # $! is setsid's pid, which becomes the receiver's session and process group id
+        r = self.sh(f"cd {d} && rm -f receiver.out receiver.rc || exit 1; "
+                    f"setsid sh -c {shlex.quote(inner)} </dev/null >/dev/null 2>&1 & "
+                    f"echo $! > receiver.pid", min(10, dl.left()))
+        if not r.ok:
+            raise PhaseFailed("timeout" if r.timed_out else "failed",
+                              f"cannot start the receiver: {r.stderr.strip()}")
+        detail: list[str] = []
+        status = "ok"
+        # wait for "receiver: listening"
+        wait = (f"cd {d}; while :; do grep -q '^receiver: listening' receiver.out 2>/dev/null "
+                f"&& exit 0; test -e receiver.rc && exit 3; sleep {self.poll}; done")
+        r = self.sh(wait, dl.left())
+        run.receiver_listening = r.exit_code == 0
+        if not run.receiver_listening:
+            detail.append("receiver never printed its listening line"
+                          + (" (it exited)" if r.exit_code == 3 else ""))
+            status = "failed" if not r.timed_out else "timeout"
+        send = self._fmt(self.lab.sender_command)
+        r = self.sh(f"cd {d} && {send} </dev/null 2>&1", dl.left())
+        run.sender_out, run.sender_exit = r.stdout + r.stderr, r.exit_code
+        if r.timed_out:
+            run.sender_timed_out = True
+            status = "timeout"
+            detail.append("the sender did not finish in time")
+        elif r.exit_code != 0:
+            detail.append(f"the sender exited {r.exit_code}")
+            status = "failed" if status == "ok" else status
+        # wait for the receiver to finish
+        try:
+            left = dl.left()
+            r = self.sh(f"cd {d}; while ! test -e receiver.rc; do sleep {self.poll}; done; "
+                        f"cat receiver.rc", left)
+            finished = r.ok
+        except PhaseFailed:
+            finished, r = False, None
+        if finished:
+            try:
+                run.receiver_exit = int(r.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                run.receiver_exit = None
+            if run.receiver_exit == 124:
+                run.receiver_timed_out = True
+        else:
+            run.receiver_timed_out = True
+            self.sh(f"kill -KILL -- -$(cat {d}/receiver.pid) 2>/dev/null; true", 10)
+        if run.receiver_timed_out:
+            status = "timeout"
+            detail.append("the receiver did not finish in time")
+        elif run.receiver_exit not in (0, None):
+            detail.append(f"the receiver exited {run.receiver_exit}")
+            status = "failed" if status == "ok" else status
+        r = self.sh(f"cat {d}/receiver.out", 10, max_output=200_000)
+        run.receiver_out = r.stdout
+        if status != "ok":
+            raise PhaseFailed(status, "; ".join(detail))
+        return f"port {run.port}, message {run.message}"
+
+    def p_collect(self, dl):
+        problems = []
+        if self.run.kmsg_start_seq is not None:
+            r = self.sh(self.helper_cmd("kmsg-since", str(self.run.kmsg_start_seq)), dl.left(),
+                        max_output=4_000_000)
+            if r.exit_code == 0 or r.stdout:
+                self.run.kmsg_text = r.stdout
+            if not r.ok:
+                problems.append(f"kmsg-since: {'timeout' if r.timed_out else r.exit_code}")
+        if self.run.phase_status("trace_start") == "ok":
+            r = self.sh(self.helper_cmd("trace-stop", self.run.runid), dl.left(),
+                        max_output=4_000_000)
+            if r.exit_code == 0 or r.stdout:
+                self.run.trace_text = r.stdout
+            if not r.ok:
+                problems.append(f"trace-stop: {'timeout' if r.timed_out else r.exit_code}")
+        r = self.sh(self.helper_cmd("taint"), dl.left())
+        self.run.taint_after = parse_taint(r.stdout)
+        if self.run.taint_after is None:
+            problems.append("taint unreadable")
+        if problems:
+            raise PhaseFailed("failed", "; ".join(problems))
+        return (f"{len(self.run.kmsg)} kernel records, {len(self.run.trace)} trace events, "
+                f"taint {self.run.taint_after}")
+
+    def p_unload(self, dl):
+        r = self.sh(self.helper_cmd("unload", self.lab.module), dl.left())
+        self.run.unload_exit = r.exit_code
+        self.run.unload_output = (r.stdout + r.stderr).strip()
+        if r.timed_out:
+            raise PhaseFailed("timeout", "rmmod did not return")
+        if r.exit_code != 0:
+            raise PhaseFailed("failed", f"unload exited {r.exit_code}: {self.run.unload_output}")
+
+    # ------------------------------------------------------------------ driver
+    def execute(self) -> RunData:
+        run = self.run
+        if not self.phase("acquire", self.p_acquire):
+            self._skip_after("acquire", "the VM could not be acquired")
+            self._release(dirty=True)
+            return run
+        try:
+            run.environment.update(self.vm.environment() or {})
+        except Exception:
+            pass
+        loaded = False
+        trouble = False
+        with ExitStack() as stack:
+            try:
+                self.ex = stack.enter_context(self.vm.executor())
+            except Exception as e:
+                run.phase("verify").status = "failed"
+                run.phase("verify").detail = f"cannot reach the VM: {type(e).__name__}: {e}"
+                self._skip_after("verify", "the VM could not be reached")
+                self.check_crash("verify")
+                self._release(dirty=True)
+                return run
+            main = [("verify", self.p_verify), ("upload", self.p_upload),
+                    ("build", self.p_build), ("trace_start", self.p_trace_start),
+                    ("load", self.p_load), ("run", self.p_run)]
+            stopped_at = None
+            for name, fn in main:
+                ok = self.phase(name, fn)
+                if name == "load" and run.phase_status("load") in ("ok", "timeout"):
+                    loaded = True
+                if name in ("trace_start", "load", "run") or not ok:
+                    if self.check_crash(name):
+                        ok = False
+                if not ok:
+                    trouble = True
+                    stopped_at = name
+                    if not (name == "run" and run.crash_excerpt is None):
+                        break
+            if stopped_at is not None:
+                idx = [n for n, _ in main].index(stopped_at)
+                for n, _ in main[idx + 1:]:
+                    run.phase(n).detail = f"not run: {stopped_at} did not succeed"
+            # collect and unload whenever something ran in the kernel and the VM is alive
+            need_collect = run.phase_status("trace_start") != "skipped"
+            for name, fn, needed in (("collect", self.p_collect, need_collect),
+                                     ("unload", self.p_unload, loaded)):
+                if not needed:
+                    run.phase(name).detail = "nothing to do"
+                    continue
+                if not self.alive():
+                    run.phase(name).detail = "not run: the VM is not alive"
+                    trouble = True
+                    continue
+                if trouble and run.crash_excerpt is not None:
+                    # a fresh connection: the old session may hang behind the oopsed process
+                    try:
+                        self.ex = stack.enter_context(self.vm.executor())
+                    except Exception as e:
+                        run.phase(name).detail = f"not run: cannot reconnect ({e})"
+                        continue
+                if not self.phase(name, fn):
+                    trouble = True
+                self.check_crash(name)
+        dirty = trouble or loaded and run.phase_status("unload") != "ok" \
+            or run.crash_excerpt is not None
+        self._release(dirty=dirty)
+        return run
+
+    def _skip_after(self, phase: str, why: str):
+        names = list(self.run.phases)
+        for n in names[names.index(phase) + 1:]:
+            if n != "release":
+                self.run.phase(n).detail = f"not run: {why}"
+
+    def _release(self, dirty: bool):
+        self.phase("release", lambda dl: self.vm.release(dirty=dirty) or
+                   ("dirty" if dirty else "clean"))
+
+    # ------------------------------------------------------------------ output
+    def write_artifacts(self) -> dict[str, str]:
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        run = self.run
+        files = {"build.log": run.build_log, "kmsg.txt": run.kmsg_text,
+                 "sender.out": run.sender_out, "receiver.out": run.receiver_out,
+                 "trace.txt": run.trace_text}
+        if run.crash_excerpt:
+            files["crash.txt"] = run.crash_excerpt
+        out = {}
+        for name, text in files.items():
+            if text is None:
+                continue
+            (self.outdir / name).write_text(text, encoding="utf-8")
+            out[name] = name
+        return out
+
+
+def grade(lab: LabSpec, vm, submission_dir: str | Path, outdir: str | Path, **kw) -> Outcome:
+    """Grade one submission: run the phases, run the checks, write artifacts and result.json."""
+    g = GradingRun(lab, vm, submission_dir, outdir, **kw)
+    g.execute()
+    checks = run_checks(lab.checks, g.run)
+    artifacts = g.write_artifacts()
+    result = build_result(g.run, checks, artifacts, max_score=lab.max_score)
+    write_result(result, g.outdir)
+    return Outcome(g.run, checks, result, g.outdir)
