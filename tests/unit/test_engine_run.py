@@ -1,0 +1,208 @@
+"""run.py phases against a fake VM whose executor is a LocalExecutor on this machine: the
+"helper" and the lab programs are small shell scripts."""
+
+import json
+import os
+import stat
+import textwrap
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from engine_fixtures import MSG, PORT, RBUF, SBUF, kmsg_text, trace_text
+
+from grader.engine.labspec import load_lab
+from grader.engine.result import render_text, to_gradescope
+from grader.engine.run import grade
+from grader.executor import LocalExecutor
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def script(path: Path, body: str):
+    path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
+    path.chmod(0o755)
+
+
+class FakeVM:
+    def __init__(self, crash_after_load=False, alive=True):
+        self.events = []
+        self.crash_after_load = crash_after_load
+        self._alive = alive
+        self.loaded = False
+
+    def acquire(self):
+        self.events.append("acquire")
+
+    @contextmanager
+    def executor(self):
+        self.events.append("executor")
+        yield LocalExecutor()
+
+    def crash_excerpt(self):
+        if self.crash_after_load and self.loaded_marker.exists():
+            return "BUG: kernel NULL pointer dereference, address: 0000000000000000\nOops: 0002 [#1]"
+        return None
+
+    def alive(self):
+        return self._alive
+
+    def release(self, dirty):
+        self.events.append(("release", dirty))
+
+    def environment(self):
+        return {"accel": "tcg", "arch": "x86_64"}
+
+
+@pytest.fixture
+def env(tmp_path):
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "kmsg.txt").write_text(kmsg_text())
+    (fake / "trace.txt").write_text(trace_text())
+    helper = fake / "helper"
+    script(helper, f"""\
+        echo "$@" >> {fake}/helper.log
+        case "$1" in
+          kmsg-seq) echo 1000 ;;
+          taint) if [ -e {fake}/loaded ]; then echo 12288; else echo 0; fi ;;
+          trace-start) ;;
+          trace-stop) cat {fake}/trace.txt ;;
+          kmsg-since) cat {fake}/kmsg.txt ;;
+          load) test -f "$2" || exit 1; touch {fake}/loaded ;;
+          unload) rm -f {fake}/loaded ;;
+        esac
+    """)
+    # the "lab": a build command that turns the submission into runnable scripts
+    labdir = tmp_path / "lab"
+    labdir.mkdir()
+    (labdir / "Makefile").write_text("unused\n")
+    (labdir / "Kbuild").write_text("unused\n")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "sender.c").write_text(
+        f'echo "sender: buffer at 0x{SBUF:x}"; echo "$1" > sent.msg; '
+        f'echo "sender: sent 16 bytes \\"$1\\" to 127.0.0.1:$2"\n')
+    (sub / "receiver.c").write_text(
+        f'echo "receiver: listening on 127.0.0.1:$1"; echo "receiver: buffer at 0x{RBUF:x}"\n'
+        f'while [ ! -e sent.msg ]; do sleep 0.05; done; [ -e hang ] && sleep 60\n'
+        f'echo "receiver: received 16 bytes \\"$(cat sent.msg)\\""\n')
+    (sub / "copytrace.c").write_text("module\n")
+    lab = load_lab("lab1")
+    lab.dir = labdir
+    lab.build_command = ("cp sender.c sender && cp receiver.c receiver && chmod +x sender receiver"
+                         " && cp copytrace.c copytrace.ko && echo built")
+    lab.timeouts = dict(lab.timeouts, run=3, build=10)
+    vm = FakeVM()
+    vm.loaded_marker = fake / "loaded"
+
+    def do(vm=vm, **kw):
+        def fake_uname(ex_self=None):
+            pass
+        return grade(lab, vm, sub, tmp_path / "out", message=MSG, port=PORT, runid="run1",
+                     helper=str(helper), sudo="", runs_dir=str(tmp_path / "runs"),
+                     poll_interval=0.05, **kw)
+    return type("Env", (), dict(do=staticmethod(do), vm=vm, fake=fake, sub=sub, tmp=tmp_path,
+                                lab=lab))
+
+
+@pytest.fixture(autouse=True)
+def fake_verify(monkeypatch):
+    # the host is not the lab VM: make verify see the profile's kernel and the self-test mark
+    from grader.engine import run as runmod
+    orig = runmod.GradingRun.p_verify
+
+    def p_verify(self, dl):
+        self.run.environment["kernel_release"] = self.profile.release
+        return "faked"
+    monkeypatch.setattr(runmod.GradingRun, "p_verify", p_verify)
+    yield orig
+
+
+def test_full_run_scores_100(env):
+    out = env.do()
+    res = out.result
+    phases = {p["name"]: p for p in res["phases"]}
+    assert all(p["status"] == "ok" for p in phases.values()), phases
+    assert all(p["duration_s"] >= 0 for p in phases.values())
+    assert phases["build"]["duration_s"] > 0
+    assert res["score"] == 100 == res["max_score"], render_text(res)
+    assert res["verdict"] is None
+    assert env.vm.events[-1] == ("release", False)
+    for key in ("lab", "submission", "score", "max_score", "checks", "phases", "environment",
+                "verdict", "trace_table", "copies", "bytes_held", "artifacts"):
+        assert key in res
+    assert len(res["submission"]["sha256"]) == 64
+    assert set(res["submission"]["files"]) == {"sender.c", "receiver.c", "copytrace.c"}
+    assert res["environment"]["accel"] == "tcg" and len(res["environment"]["module_sha256"]) == 64
+    assert res["copies"] == 2 and res["bytes_held"] == 48
+    assert [r["step"] for r in res["trace_table"]] == list(range(1, 8))
+    assert "0x559c785ba060" in res["trace_table"][0]["location"]
+    assert "0xff49648bc2a4da2c" in res["trace_table"][2]["location"]
+    for c in res["checks"]:
+        assert {"name", "passed", "points", "max_points", "evidence", "hint"} <= set(c)
+        assert all(set(e) == {"mark", "text"} for e in c["evidence"])
+    assert set(res["artifacts"]) == {"build.log", "kmsg.txt", "sender.out", "receiver.out",
+                                     "trace.txt"}
+    assert json.loads((out.outdir / "result.json").read_text())["score"] == 100
+    assert (out.outdir / "receiver.out").read_text().startswith("receiver: listening")
+    helper_log = (env.fake / "helper.log").read_text()
+    assert f"load {env.tmp}/runs/run1/copytrace.ko payload={MSG}" in helper_log
+    assert "trace-start run1" in helper_log and "kmsg-since 1000" in helper_log
+    assert "unload copytrace" in helper_log
+    gs = to_gradescope(res)
+    assert gs["score"] == 100 and len(gs["tests"]) == 10
+    assert "the message's journey" in render_text(res)
+
+
+def test_receiver_timeout_keeps_partial_output(env):
+    (env.sub / "receiver.c").write_text(
+        f'echo "receiver: listening on 127.0.0.1:$1"; echo "receiver: buffer at 0x{RBUF:x}"\n'
+        'sleep 30\n')
+    res = env.do().result
+    phases = {p["name"]: p for p in res["phases"]}
+    assert phases["run"]["status"] == "timeout" and "receiver" in phases["run"]["detail"]
+    assert phases["run"]["duration_s"] < 10
+    assert phases["collect"]["status"] == "ok" and phases["unload"]["status"] == "ok"
+    checks = {c["name"]: c for c in res["checks"]}
+    pr = checks["programs_report"]
+    assert not pr["passed"]
+    assert any(e["mark"] == "good" and "listening" in e["text"] for e in pr["evidence"])
+    assert any(e["mark"] == "missing" and "timed out" in e["text"] for e in pr["evidence"])
+    assert checks["copy1_kernel_side"]["passed"]
+    assert env.vm.events[-1] == ("release", True)
+
+
+def test_crash_gives_verdict_and_dirty_release(env):
+    vm = FakeVM(crash_after_load=True, alive=False)
+    vm.loaded_marker = env.fake / "loaded"
+    res = env.do(vm=vm).result
+    assert res["verdict"] == "kernel crashed during load"
+    phases = {p["name"]: p for p in res["phases"]}
+    assert phases["run"]["status"] == "skipped"
+    assert phases["collect"]["status"] == "skipped" and "not alive" in phases["collect"]["detail"]
+    nkf = {c["name"]: c for c in res["checks"]}["no_kernel_fault"]
+    assert not nkf["passed"] and any("NULL pointer" in e["text"] for e in nkf["evidence"])
+    assert vm.events[-1] == ("release", True)
+    assert "crash.txt" in res["artifacts"]
+
+
+def test_build_failure_stops_before_load(env):
+    env.lab.build_command = "echo 'copytrace.c:3: error: boom' >&2; exit 2"
+    res = env.do().result
+    phases = {p["name"]: p["status"] for p in res["phases"]}
+    assert phases["build"] == "failed"
+    assert phases["load"] == phases["run"] == phases["trace_start"] == "skipped"
+    assert res["score"] == 0
+    bo = res["checks"][0]
+    assert bo["name"] == "build_ok" and any("boom" in e["text"] for e in bo["evidence"])
+
+
+def test_verify_rejects_wrong_kernel(env, fake_verify, monkeypatch):
+    from grader.engine import run as runmod
+    monkeypatch.setattr(runmod.GradingRun, "p_verify", fake_verify)
+    res = env.do().result
+    phases = {p["name"]: p for p in res["phases"]}
+    assert phases["verify"]["status"] == "failed"
+    assert "6.1.0-50-amd64" in phases["verify"]["detail"]
+    assert phases["build"]["status"] == "skipped"
