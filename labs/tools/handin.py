@@ -25,6 +25,7 @@ exact bytes the receipt's sha256 names.
 
 Standard library only (Python 3.11).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,8 +97,12 @@ def find_sums(lab_dir: Path, explicit: Path | None) -> Path | None:
     return None
 
 
-def check_files(lab_dir: Path, files: list[str], sums: dict[str, str], max_bytes: int | None,
-                ) -> dict[str, bytes]:
+def check_files(
+    lab_dir: Path,
+    files: list[str],
+    sums: dict[str, str],
+    max_bytes: int | None,
+) -> dict[str, bytes]:
     """Return name -> content, or raise Refused listing every problem."""
     problems: list[str] = []
     contents: dict[str, bytes] = {}
@@ -109,7 +114,9 @@ def check_files(lab_dir: Path, files: list[str], sums: dict[str, str], max_bytes
             problems.append(f"{name}: missing (expected in {lab_dir})")
             continue
         if not stat.S_ISREG(st.st_mode):
-            problems.append(f"{name}: not a regular file (symbolic links and folders are not handed in)")
+            problems.append(
+                f"{name}: not a regular file (symbolic links and folders are not handed in)"
+            )
             continue
         data = path.read_bytes()
         if not data:
@@ -186,9 +193,11 @@ def upload_config(config_path: Path | None) -> tuple[str | None, str | None]:
 
 def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
     boundary = "copylab-" + uuid.uuid4().hex
-    head = (f"--{boundary}\r\n"
-            f'Content-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-            "Content-Type: application/gzip\r\n\r\n").encode("ascii")
+    head = (
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+        "Content-Type: application/gzip\r\n\r\n"
+    ).encode("ascii")
     tail = f"\r\n--{boundary}--\r\n".encode("ascii")
     return head + data + tail, f"multipart/form-data; boundary={boundary}"
 
@@ -199,21 +208,30 @@ def upload(url: str, token: str, lab: str, archive: Path, data: bytes) -> dict:
         raise OSError(f"grader URL {url!r} is not an http(s) URL")
     endpoint = f"{url.rstrip('/')}/api/v1/labs/{urllib.parse.quote(lab, safe='')}/submissions"
     body, ctype = multipart("archive", archive.name, data)
-    req = urllib.request.Request(endpoint, data=body, method="POST", headers={
-        "Authorization": f"Bearer {token}",
-        "Content-Type": ctype,
-        "Accept": "application/json",
-        "User-Agent": "copylab-handin/1",
-    })
+    req = urllib.request.Request(
+        endpoint,
+        data=body,
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": ctype,
+            "Accept": "application/json",
+            "User-Agent": "copylab-handin/1",
+        },
+    )
     with urllib.request.urlopen(req, timeout=UPLOAD_TIMEOUT) as resp:
         raw = resp.read()
     try:
         receipt = json.loads(raw)
     except ValueError:
-        raise OSError(f"{endpoint} answered with something that is not JSON: {raw[:200]!r}") from None
+        raise OSError(
+            f"{endpoint} answered with something that is not JSON: {raw[:200]!r}"
+        ) from None
     if not isinstance(receipt, dict) or "id" not in receipt or "sha256" not in receipt:
-        raise OSError(f"{endpoint} answered without a receipt (expected keys id and sha256): "
-                      f"{raw[:200]!r}")
+        raise OSError(
+            f"{endpoint} answered without a receipt (expected keys id and sha256): "
+            f"{raw[:200]!r}"
+        )
     return receipt
 
 
@@ -234,12 +252,19 @@ def http_error_text(exc: urllib.error.HTTPError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Package and hand in a lab submission.")
-    ap.add_argument("--lab-dir", type=Path, default=Path("."), help="folder with the files (default: .)")
+    ap.add_argument(
+        "--lab-dir", type=Path, default=Path("."), help="folder with the files (default: .)"
+    )
     ap.add_argument("--spec", type=Path, help="lab.toml (default: <lab-dir>/lab.toml)")
     ap.add_argument("--skeleton-sums", type=Path, help="SHA256SUMS of the skeleton")
-    ap.add_argument("--out-dir", type=Path, help="where to write the archive (default: the lab folder)")
-    ap.add_argument("--config", type=Path, help="INI file with url and token "
-                    "(default: ~/.config/copylab/handin.conf)")
+    ap.add_argument(
+        "--out-dir", type=Path, help="where to write the archive (default: the lab folder)"
+    )
+    ap.add_argument(
+        "--config",
+        type=Path,
+        help="INI file with url and token " "(default: ~/.config/copylab/handin.conf)",
+    )
     ap.add_argument("--no-upload", action="store_true", help="only write the archive")
     args = ap.parse_args(argv)
 
@@ -254,12 +279,17 @@ def main(argv: list[str] | None = None) -> int:
         max_bytes = spec.get("submission", {}).get("max_file_bytes")
         sums_path = find_sums(lab_dir, args.skeleton_sums)
         if sums_path is None:
-            print("handin: warning: no skeleton manifest (SHA256SUMS) found; "
-                  "cannot tell unchanged skeleton files apart", file=sys.stderr)
+            print(
+                "handin: warning: no skeleton manifest (SHA256SUMS) found; "
+                "cannot tell unchanged skeleton files apart",
+                file=sys.stderr,
+            )
             sums = {}
         else:
             sums = read_sums(sums_path)
-        contents = check_files(lab_dir, files, sums, max_bytes if isinstance(max_bytes, int) else None)
+        contents = check_files(
+            lab_dir, files, sums, max_bytes if isinstance(max_bytes, int) else None
+        )
         url, token = (None, None) if args.no_upload else upload_config(args.config)
     except Refused as exc:
         print(f"handin: {exc}", file=sys.stderr)
@@ -278,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_upload:
         return 0
     if not (url and token):
-        missing = " and ".join(n for n, v in (("COPYLAB_GRADER_URL", url), ("COPYLAB_TOKEN", token)) if not v)
+        missing = " and ".join(
+            n for n, v in (("COPYLAB_GRADER_URL", url), ("COPYLAB_TOKEN", token)) if not v
+        )
         print(f"handin: not uploaded ({missing} not set); hand in {archive} as your course says")
         return 0
 
@@ -296,8 +328,11 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"handin: submitted, receipt id {receipt['id']} sha256 {receipt['sha256']}")
     if str(receipt["sha256"]).lower() != digest:
-        print(f"handin: warning: the receipt's sha256 differs from the archive's ({digest}); "
-              f"the archive is kept at {archive}", file=sys.stderr)
+        print(
+            f"handin: warning: the receipt's sha256 differs from the archive's ({digest}); "
+            f"the archive is kept at {archive}",
+            file=sys.stderr,
+        )
         return EXIT_UPLOAD_FAILED
     return 0
 

@@ -27,6 +27,7 @@ Marker syntax (C comments, each marker alone on its line, indentation free):
 
 Standard library only (Python 3.11).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,10 +57,14 @@ def skeletonize(text: str, name: str = "<text>") -> str:
     for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
         if BEGIN_RE.match(line):
             if in_solution:
-                raise MarkerError(f"{name}:{lineno}: BEGIN SOLUTION inside a solution block "
-                                  f"(opened at line {begin_line})")
+                raise MarkerError(
+                    f"{name}:{lineno}: BEGIN SOLUTION inside a solution block "
+                    f"(opened at line {begin_line})"
+                )
             if not todo_seen:
-                raise MarkerError(f"{name}:{lineno}: BEGIN SOLUTION without a TODO(n) comment before it")
+                raise MarkerError(
+                    f"{name}:{lineno}: BEGIN SOLUTION without a TODO(n) comment before it"
+                )
             in_solution, begin_line, todo_seen = True, lineno, False
             continue
         if END_RE.match(line):
@@ -73,7 +78,7 @@ def skeletonize(text: str, name: str = "<text>") -> str:
             todo_seen = True
         m = SKELETON_RE.match(line)
         if m:
-            newline = line[len(line.rstrip("\r\n")):]
+            newline = line[len(line.rstrip("\r\n")) :]
             out.append(m.group("indent") + m.group("code") + newline)
             continue
         out.append(line)
@@ -135,11 +140,18 @@ def write(lab_dir: Path, files: dict[str, bytes]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     default_labs = Path(__file__).resolve().parent.parent
-    ap = argparse.ArgumentParser(description="Generate labs/<lab>/skeleton/ from labs/<lab>/solution/.")
-    ap.add_argument("labs", nargs="*", metavar="LAB", help="lab ids (default: every lab with solution/)")
+    ap = argparse.ArgumentParser(
+        description="Generate labs/<lab>/skeleton/ from labs/<lab>/solution/."
+    )
+    ap.add_argument(
+        "labs", nargs="*", metavar="LAB", help="lab ids (default: every lab with solution/)"
+    )
     ap.add_argument("--labs-dir", type=Path, default=default_labs, help=f"default: {default_labs}")
-    ap.add_argument("--check", action="store_true",
-                    help="write nothing; exit 1 and list files whose skeleton is out of date")
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 and list files whose skeleton is out of date",
+    )
     args = ap.parse_args(argv)
 
     labs = args.labs or sorted(p.name for p in args.labs_dir.iterdir() if (p / "solution").is_dir())
@@ -161,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"mkskeleton: wrote {lab}/{d}")
     if args.check:
         if out_of_date:
-            print("mkskeleton: skeleton out of date (run labs/tools/mkskeleton.py):", file=sys.stderr)
+            print(
+                "mkskeleton: skeleton out of date (run labs/tools/mkskeleton.py):", file=sys.stderr
+            )
             for d in out_of_date:
                 print(f"  {d}", file=sys.stderr)
             return 1

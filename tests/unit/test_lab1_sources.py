@@ -3,6 +3,7 @@
 No VM needed. Module builds use the Debian 12 target headers
 (/usr/src/linux-headers-6.1.0-50-amd64, override with COPYLAB_KDIR) and are skipped when absent.
 """
+
 from __future__ import annotations
 
 import email.parser
@@ -10,7 +11,6 @@ import email.policy
 import hashlib
 import http.server
 import importlib.util
-import io
 import json
 import os
 import random
@@ -44,7 +44,9 @@ subs = _load("lab1_submissions", REPO / "tests" / "fixtures" / "lab1_submissions
 mkskeleton = _load("copylab_mkskeleton", TOOLS / "mkskeleton.py")
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
-needs_kdir = pytest.mark.skipif(not (KDIR / "Makefile").is_file(), reason=f"no kernel headers at {KDIR}")
+needs_kdir = pytest.mark.skipif(
+    not (KDIR / "Makefile").is_file(), reason=f"no kernel headers at {KDIR}"
+)
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
@@ -56,25 +58,34 @@ def run(cmd, **kw) -> subprocess.CompletedProcess:
 
 # --- skeleton -----------------------------------------------------------------------------------
 
+
 def test_skeleton_up_to_date():
     r = run([sys.executable, str(TOOLS / "mkskeleton.py"), "--check"])
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_skeletonize_markers():
-    text = ("int f(void)\n{\n"
-            "\t/* TODO(1): return 42 */\n"
-            "\t/* BEGIN SOLUTION */\n\treturn 42;\n\t/* END SOLUTION */\n"
-            "\t/* SKELETON: return 0; */\n}\n")
-    assert mkskeleton.skeletonize(text) == "int f(void)\n{\n\t/* TODO(1): return 42 */\n\treturn 0;\n}\n"
+    text = (
+        "int f(void)\n{\n"
+        "\t/* TODO(1): return 42 */\n"
+        "\t/* BEGIN SOLUTION */\n\treturn 42;\n\t/* END SOLUTION */\n"
+        "\t/* SKELETON: return 0; */\n}\n"
+    )
+    assert (
+        mkskeleton.skeletonize(text)
+        == "int f(void)\n{\n\t/* TODO(1): return 42 */\n\treturn 0;\n}\n"
+    )
 
 
-@pytest.mark.parametrize("text", [
-    "/* BEGIN SOLUTION */\nx\n/* END SOLUTION */\n",                         # no TODO before
-    "/* TODO(1): a */\n/* BEGIN SOLUTION */\nx\n",                             # never closed
-    "/* END SOLUTION */\n",                                                    # END alone
-    "/* TODO(1): a */\n/* BEGIN SOLUTION */\n/* BEGIN SOLUTION */\n/* END SOLUTION */\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "/* BEGIN SOLUTION */\nx\n/* END SOLUTION */\n",  # no TODO before
+        "/* TODO(1): a */\n/* BEGIN SOLUTION */\nx\n",  # never closed
+        "/* END SOLUTION */\n",  # END alone
+        "/* TODO(1): a */\n/* BEGIN SOLUTION */\n/* BEGIN SOLUTION */\n/* END SOLUTION */\n",
+    ],
+)
 def test_skeletonize_rejects_bad_markers(text):
     with pytest.raises(mkskeleton.MarkerError):
         mkskeleton.skeletonize(text)
@@ -92,17 +103,19 @@ def test_check_reports_stale_skeleton(tmp_path):
     assert r.returncode == 1
     assert "lab1/skeleton/sender.c" in r.stderr and "lab1/skeleton/SHA256SUMS" in r.stderr
     assert "receiver.c" not in r.stderr
-    assert run(cmd[:-1]).returncode == 0          # regenerate
+    assert run(cmd[:-1]).returncode == 0  # regenerate
     assert run(cmd).returncode == 0
 
 
 def test_skeleton_leaves_the_student_work_open():
     sk = {name: (LAB / "skeleton" / name).read_text() for name in FILES}
     assert "= sendto(" not in sk["sender.c"] and 'printf("sender: buffer at' not in sk["sender.c"]
-    assert "= recv(" not in sk["receiver.c"] and 'printf("receiver: buffer at' not in sk["receiver.c"]
+    assert (
+        "= recv(" not in sk["receiver.c"] and 'printf("receiver: buffer at' not in sk["receiver.c"]
+    )
     assert "regs_get_kernel_argument(regs, 0)" not in sk["copytrace.c"]
     assert "strcmp(current->comm" not in sk["copytrace.c"]
-    assert "[COPY1] src=" in sk["copytrace.c"]                 # the format is in the TODO text
+    assert "[COPY1] src=" in sk["copytrace.c"]  # the format is in the TODO text
     assert 'pr_info("[COPY' not in sk["copytrace.c"]
     assert "register_kprobe(%s) failed: %d" in sk["copytrace.c"]
     for text in sk.values():
@@ -110,6 +123,7 @@ def test_skeleton_leaves_the_student_work_open():
 
 
 # --- fixtures -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", subs.KINDS)
 def test_fixture_kinds_apply(kind, tmp_path):
@@ -127,6 +141,7 @@ def test_fixture_anchor_is_asserted(monkeypatch):
 
 
 # --- user programs ------------------------------------------------------------------------------
+
 
 def gcc(src: Path, out: Path) -> subprocess.CompletedProcess:
     return run(["gcc", "-Wall", "-Wextra", "-O2", "-o", str(out), str(src)])
@@ -161,8 +176,12 @@ def free_udp_port() -> int:
 
 def send_and_receive(programs: Path, message: str):
     port = free_udp_port()
-    recv = subprocess.Popen([str(programs / "receiver"), str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    recv = subprocess.Popen(
+        [str(programs / "receiver"), str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # stdout is a pipe: these lines arrive before the datagram only if the receiver line-buffers
         lines = [recv.stdout.readline(), recv.stdout.readline()]
@@ -180,7 +199,9 @@ ADDR = r"0x[0-9a-f]+"
 
 @pytest.mark.timeout(30)
 def test_sender_receiver_output_contract(programs):
-    message = "".join(random.choice(string.ascii_uppercase + string.digits + "_") for _ in range(16))
+    message = "".join(
+        random.choice(string.ascii_uppercase + string.digits + "_") for _ in range(16)
+    )
     port, rlines, rc, rerr, sent = send_and_receive(programs, message)
     assert rc == 0, rerr
     assert [l.rstrip("\n") for l in rlines] == [
@@ -223,6 +244,7 @@ def test_errors_are_reported(programs):
 
 # --- module builds ------------------------------------------------------------------------------
 
+
 def lab_folder(kind: str, dest: Path) -> Path:
     """A build folder as the grader makes it: the three files + the lab's Makefile and Kbuild."""
     folder = subs.make_submission(kind, dest)
@@ -254,6 +276,7 @@ def test_module_builds(kind, tmp_path):
 
 # --- handin -------------------------------------------------------------------------------------
 
+
 def student_folder(tmp_path: Path, kind: str = "solution") -> Path:
     """The student's layout: skeleton copy (with SHA256SUMS) + Makefile, Kbuild, lab.toml."""
     folder = tmp_path / "lab1"
@@ -265,16 +288,22 @@ def student_folder(tmp_path: Path, kind: str = "solution") -> Path:
 
 
 def handin_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("COPYLAB_GRADER_URL", "COPYLAB_TOKEN", "XDG_CONFIG_HOME")}
-    env["HOME"] = str(tmp_path / "home")      # no real ~/.config/copylab/handin.conf
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("COPYLAB_GRADER_URL", "COPYLAB_TOKEN", "XDG_CONFIG_HOME")
+    }
+    env["HOME"] = str(tmp_path / "home")  # no real ~/.config/copylab/handin.conf
     env.update(extra)
     return env
 
 
 def handin(folder: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return run([sys.executable, str(TOOLS / "handin.py"), "--lab-dir", str(folder), *args],
-               env=env, timeout=60)
+    return run(
+        [sys.executable, str(TOOLS / "handin.py"), "--lab-dir", str(folder), *args],
+        env=env,
+        timeout=60,
+    )
 
 
 def archives(folder: Path) -> list[Path]:
@@ -284,8 +313,10 @@ def archives(folder: Path) -> list[Path]:
 def test_handin_archives_exactly_the_submission_files(tmp_path):
     folder = student_folder(tmp_path)
     (folder / "notes.txt").write_text("not handed in\n")
-    r = run(["make", "-s", "-C", str(folder), "handin", f"COPYLAB_TOOLS={TOOLS}"],
-            env=handin_env(tmp_path))
+    r = run(
+        ["make", "-s", "-C", str(folder), "handin", f"COPYLAB_TOOLS={TOOLS}"],
+        env=handin_env(tmp_path),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     [archive] = archives(folder)
     assert re.fullmatch(r"handin-lab1-\d{8}T\d{6}Z\.tar\.gz", archive.name)
@@ -345,7 +376,7 @@ def test_handin_spec_from_elsewhere(tmp_path):
     folder = student_folder(tmp_path)
     spec = folder / "lab.toml"
     spec = spec.rename(tmp_path / "lab.toml")
-    assert handin(folder, handin_env(tmp_path)).returncode == 2            # no lab.toml, no --spec
+    assert handin(folder, handin_env(tmp_path)).returncode == 2  # no lab.toml, no --spec
     r = handin(folder, handin_env(tmp_path), "--spec", str(spec))
     assert r.returncode == 0, r.stderr
 
@@ -357,11 +388,18 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 (http.server API)
         body = self.rfile.read(int(self.headers["Content-Length"]))
         msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + body)
+            b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + body
+        )
         parts = {p.get_param("name", header="content-disposition"): p for p in msg.iter_parts()}
         archive = parts["archive"].get_payload(decode=True)
-        self.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                              "filename": parts["archive"].get_filename(), "archive": archive})
+        self.requests.append(
+            {
+                "path": self.path,
+                "auth": self.headers.get("Authorization"),
+                "filename": parts["archive"].get_filename(),
+                "archive": archive,
+            }
+        )
         if self.status == 201:
             reply = {"id": "sub-0001", "sha256": hashlib.sha256(archive).hexdigest()}
         else:
@@ -430,8 +468,10 @@ def test_handin_upload_errors_keep_the_archive(tmp_path, grader_server):
     assert str(archive) in r.stderr
 
     closed = free_tcp_port()
-    r = handin(folder, handin_env(tmp_path, COPYLAB_GRADER_URL=f"http://127.0.0.1:{closed}",
-                                  COPYLAB_TOKEN="t"))
+    r = handin(
+        folder,
+        handin_env(tmp_path, COPYLAB_GRADER_URL=f"http://127.0.0.1:{closed}", COPYLAB_TOKEN="t"),
+    )
     assert r.returncode == 3 and "upload to" in r.stderr and "failed" in r.stderr
     assert len(archives(folder)) == 2
 
