@@ -97,8 +97,6 @@ def env(tmp_path):
     vm.loaded_marker = fake / "loaded"
 
     def do(vm=vm, **kw):
-        def fake_uname(ex_self=None):
-            pass
         return grade(lab, vm, sub, tmp_path / "out", message=MSG, port=PORT, runid="run1",
                      helper=str(helper), sudo="", runs_dir=str(tmp_path / "runs"),
                      poll_interval=0.05, **kw)
