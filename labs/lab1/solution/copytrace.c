@@ -66,14 +66,17 @@ static unsigned long __maybe_unused iter_user_addr(const struct iov_iter *i)
 	 * Return 0 for iterators that do not point at user memory.
 	 */
 	/* BEGIN SOLUTION */
+	if (!i)
+		return 0;
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 0, 0)
 	if (iter_is_ubuf(i))
 		return (unsigned long)i->ubuf + i->iov_offset;
 #endif
-	if (iter_is_iovec(i))
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 4, 0)
+	if (iter_is_iovec(i) && iter_iov(i))
 		return (unsigned long)iter_iov(i)->iov_base + i->iov_offset;
 #else
+	if (iter_is_iovec(i) && i->iov)
 		return (unsigned long)i->iov->iov_base + i->iov_offset;
 #endif
 	return 0;
