@@ -1,0 +1,57 @@
+# copylab: two commands do all set-up on a fresh Debian 12 machine:
+#   make demo   bring up a lab VM from the golden image and grade the reference solution
+#   make test   the whole suite (unit tier, local sshd tier, real VM tier)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+HOST_PACKAGES := $(shell grep -v '^\s*\#' provision/host-packages.txt | grep -v '^\s*$$')
+
+.PHONY: help deps apt-deps venv image box demo test test-fast lint clean-cache
+
+help:
+	@echo "make demo       bring up a lab VM and grade the reference solution"
+	@echo "make test       run the whole suite (builds the VM image on a cold cache)"
+	@echo "make test-fast  unit tests and the local sshd tier only (no VM)"
+	@echo "make image      build or reuse the golden lab-VM image (cache: \$$COPYLAB_CACHE or ~/.cache/copylab)"
+	@echo "make box        export the golden image as a libvirt Vagrant box"
+	@echo "make lint       ansible-lint the provisioning"
+
+deps: apt-deps venv
+
+apt-deps:
+	@missing=$$(for p in $(HOST_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing host packages:" $$missing; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else echo "host packages: all present"; fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+image: deps
+	$(SUDO) env PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) provision/image/build_image.py --stage golden
+
+box: deps
+	$(SUDO) env PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) provision/image/build_image.py --stage box
+
+demo: image
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grader demo
+
+test: deps
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTEST) -ra
+
+test-fast: deps
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTEST) -ra -m "not vm and not libvirt" tests/unit
+
+lint: venv
+	cd provision && ../$(VENV)/bin/ansible-lint --offline
+
+clean-cache:
+	rm -rf "$${COPYLAB_CACHE:-$$HOME/.cache/copylab}"

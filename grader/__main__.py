@@ -1,0 +1,118 @@
+"""Command line: ``python -m grader grade LAB SUBMISSION [--vm ...] [--json]`` and ``python -m grader demo``.
+
+Exit status: 0 when grading finished (whatever the score), 1 with a one-line reason when it could not
+grade, 2 for a usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from grader.errors import GraderError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _progress(msg: str) -> None:
+    print(f"[grader {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def open_vm(spec: str | None, known_hosts: str | None, key: str | None):
+    """--vm: omitted or 'golden' (the kit's golden image via the QEMU runner), a golden image folder,
+    or ssh://grader@HOST:PORT for an inventory host (with --known-hosts and --key)."""
+    from grader.vm.labvm import QemuLabVM, StaticHostVM
+
+    if spec is None or spec == "golden":
+        return QemuLabVM(progress=_progress)
+    if spec.startswith("ssh://"):
+        rest = spec[len("ssh://"):]
+        user, _, hostport = rest.rpartition("@")
+        host, _, port = hostport.partition(":")
+        if not (known_hosts and key):
+            raise GraderError("--vm ssh://... needs --known-hosts FILE (the pinned host key) and --key FILE")
+        return StaticHostVM(host=host, port=int(port or 22), key=Path(key), known_hosts=Path(known_hosts),
+                            user=user or "grader")
+    if Path(spec).is_dir():
+        return QemuLabVM(golden=Path(spec), progress=_progress)
+    raise GraderError(f"--vm {spec!r}: expected 'golden', a golden image folder or ssh://user@host:port")
+
+
+def grade_command(args) -> int:
+    from grader.engine.labspec import load_lab
+    from grader.engine.result import render_text
+    from grader.engine.run import grade
+    from grader.submission import materialize
+
+    lab = load_lab(args.lab)
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"copylab-{lab.id}-"))
+    with tempfile.TemporaryDirectory(prefix="copylab-sub-") as tmp:
+        sub = materialize(Path(args.submission), lab.files, Path(tmp), lab.max_file_bytes)
+        vm = open_vm(args.vm, args.known_hosts, args.key)
+        try:
+            _progress(f"grading {args.submission} for {lab.id}")
+            outcome = grade(lab, vm, sub, out)
+        finally:
+            vm.close()
+    result = outcome.result
+    if args.gradescope:
+        from grader.engine.result import to_gradescope
+
+        (out / "results.json").write_text(json.dumps(to_gradescope(result), indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(render_text(result))
+        print(f"\nresult and artifacts: {out}")
+    return 0
+
+
+def demo_command(args) -> int:
+    """Bring up a lab VM from the golden image and grade the reference solution and the skeleton."""
+    from grader.engine.labspec import load_lab
+    from grader.engine.result import render_text
+    from grader.engine.run import grade
+    from grader.vm.labvm import QemuLabVM
+
+    lab = load_lab("lab1")
+    out = Path(args.out or tempfile.mkdtemp(prefix="copylab-demo-"))
+    with QemuLabVM(progress=_progress) as vm:
+        for name in ("solution", "skeleton"):
+            _progress(f"grading the lab 1 {name}")
+            o = grade(lab, vm, REPO / "labs" / "lab1" / name, out / name)
+            print(f"\n===== lab 1 {name}: {o.result['score']}/{o.result['max_score']} =====")
+            print(render_text(o.result))
+    print(f"\nresults: {out}/solution/result.json, {out}/skeleton/result.json")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m grader", description="copylab grader")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("grade", help="grade one submission on a lab VM")
+    g.add_argument("lab", help="lab id (labs/<lab>) or path to a lab folder")
+    g.add_argument("submission", help="a folder or .tar.gz/.zip archive holding the lab's files")
+    g.add_argument("--vm", help="'golden' (default), a golden image folder, or ssh://grader@HOST:PORT")
+    g.add_argument("--known-hosts", help="known_hosts file with the inventory host's pinned key")
+    g.add_argument("--key", help="private key of the grader account (inventory host)")
+    g.add_argument("--out", help="folder for result.json and artifacts (default: a new temp folder)")
+    g.add_argument("--json", action="store_true", help="print the result JSON instead of text")
+    g.add_argument("--gradescope", action="store_true", help="also write a Gradescope results.json")
+    d = sub.add_parser("demo", help="boot a lab VM and grade the reference solution and the skeleton")
+    d.add_argument("--out")
+    args = ap.parse_args(argv)
+    try:
+        return {"grade": grade_command, "demo": demo_command}[args.cmd](args)
+    except GraderError as e:
+        print(f"grader: cannot grade: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("grader: interrupted", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

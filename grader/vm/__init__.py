@@ -1,0 +1,1 @@
+"""Lab VMs: the QEMU runner and the VM objects the grading engine acquires."""

@@ -1,0 +1,186 @@
+"""VM objects the grading engine acquires (the interface is documented in grader/engine/run.py).
+
+QemuLabVM: a VM of the kit's golden image run by the QEMU runner, with no network but SSH on
+127.0.0.1; acquire() always starts from the clean snapshot, so a crashed or dirty VM is never reused.
+StaticHostVM: an inventory host reached over SSH; it cannot be reset, so after a dirty run it refuses
+further jobs until an operator has reset it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from grader.errors import VMError
+from grader.vm.qemu import ImageSpec, QemuVM, VMCrashed, scratch_dir
+
+SNAPSHOT = "clean"
+
+
+def default_cache() -> Path:
+    import os
+
+    return Path(os.environ.get("COPYLAB_CACHE", Path.home() / ".cache" / "copylab")) / "images"
+
+
+def find_golden(arch: str = "amd64", cache: Path | None = None) -> Path:
+    """The newest golden image folder in the cache (built by `make image`)."""
+    cache = cache or default_cache()
+    found = sorted((p for p in cache.glob(f"golden-{arch}-*") if (p / "manifest.json").exists()),
+                   key=lambda p: (p / "manifest.json").stat().st_mtime)
+    if not found:
+        raise VMError(f"no golden lab-VM image in {cache}: build it with `make image`")
+    return found[-1]
+
+
+class QemuLabVM:
+    """One pool VM: an overlay of the golden image with an internal snapshot of a booted, clean guest."""
+
+    def __init__(self, golden: Path | None = None, workdir: Path | None = None, name: str = "lab",
+                 boot_timeout: float = 300.0, accel=None, progress=None):
+        self.golden = Path(golden) if golden else find_golden()
+        self.manifest = json.loads((self.golden / "manifest.json").read_text())
+        self.workdir = Path(workdir) if workdir else scratch_dir("copylab-pool-")
+        self.progress = progress or (lambda msg: None)
+        image = ImageSpec(disk=self.golden / self.manifest["disk"],
+                          kernel=Path(self.manifest["kernel_path"]),
+                          initrd=Path(self.manifest["initrd_path"]),
+                          cmdline=self.manifest["cmdline"], arch=self.manifest.get("qemu_arch", "x86_64"))
+        self.vm = QemuVM(image=image, workdir=self.workdir, name=name, restrict_network=True,
+                         boot_timeout=boot_timeout, accel=accel)
+        self.key = self.golden / self.manifest["grader_key"]
+        self.prepared = False
+        self.fresh = False  # True right after the clean snapshot was taken or restored
+        self.last_reset_s: float | None = None
+
+    # -------------------------------------------------------- set-up
+    def prepare(self) -> None:
+        """First boot of this VM's overlay (its own host key), then the clean snapshot."""
+        t = time.monotonic()
+        self.progress("booting a lab VM from the golden image (first boot; ~1-2 min under TCG)")
+        try:
+            self.vm.create_overlay()
+            self.vm.start()
+            self._wait_ready()
+            self.vm.savevm(SNAPSHOT)
+        except Exception:
+            self.vm.kill()
+            raise
+        self.prepared = True
+        self.fresh = True
+        self.progress(f"lab VM ready in {time.monotonic() - t:.0f}s "
+                      f"({self.vm.accel.accel}: {self.vm.accel.reason})")
+
+    def _wait_ready(self, timeout: float = 120.0) -> None:
+        """sshd answers before logins work (systemd-user-sessions): wait until the grader can log in."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                with self.executor() as ex:
+                    r = ex.run("true", timeout=30)
+                    if r.exit_code == 0:
+                        return
+            except Exception as e:  # noqa: BLE001 - retried until the deadline
+                last = e
+            time.sleep(1)
+        raise VMError(f"the lab VM answered SSH but the grader could not log in within {timeout:.0f}s: {last}")
+
+    def reset(self) -> float:
+        t = self.vm.loadvm(SNAPSHOT)
+        self.last_reset_s = t
+        self.fresh = True
+        return t
+
+    # ------------------------------------------------ engine interface
+    def acquire(self) -> None:
+        if not self.prepared:
+            self.prepare()
+        elif not self.fresh:
+            self.reset()
+        self.fresh = False
+        self.vm.mark_serial()
+
+    @contextmanager
+    def executor(self):
+        from grader.ssh import SSHConnection
+
+        with SSHConnection(host="127.0.0.1", port=self.vm.ssh_port, user=self.manifest.get("grader_user", "grader"),
+                           key_path=str(self.key), known_hosts=str(self.vm.known_hosts)) as conn:
+            yield conn
+
+    def crash_excerpt(self) -> str | None:
+        excerpt = self.vm.crash_excerpt()
+        if excerpt:
+            return excerpt
+        if self.prepared and not self.vm.running():
+            tail = self.vm.serial_text()[-2000:]
+            return "QEMU ended unexpectedly (the guest powered off or rebooted)\n" + tail
+        return None
+
+    def alive(self) -> bool:
+        return self.vm.running() and self.vm.crash_excerpt() is None
+
+    def release(self, dirty: bool) -> None:
+        # Every acquire starts from the clean snapshot anyway; reset a dirty VM now so that it is
+        # never handed out in that state, and so that a dead QEMU is replaced before the next job.
+        if dirty:
+            try:
+                self.reset()
+            except (VMError, OSError) as e:
+                self.prepared = False
+                self.vm.kill()
+                raise VMError(f"the VM could not be reset after a dirty run: {e}") from e
+
+    def environment(self) -> dict:
+        return {"accel": self.vm.accel.accel if self.vm.accel else None,
+                "arch": self.manifest.get("qemu_arch"), "image": self.golden.name}
+
+    def close(self) -> None:
+        self.vm.destroy()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class StaticHostVM:
+    """An inventory host (provisioned by provision/site.yml). No snapshot: a dirty run retires it."""
+
+    def __init__(self, host: str, port: int, key: Path, known_hosts: Path, user: str = "grader"):
+        self.host, self.port, self.key, self.known_hosts, self.user = host, port, key, known_hosts, user
+        self.retired: str | None = None
+
+    def acquire(self) -> None:
+        if self.retired:
+            raise VMError(f"host {self.host}:{self.port} needs an operator reset: {self.retired}")
+
+    @contextmanager
+    def executor(self):
+        from grader.ssh import SSHConnection
+
+        with SSHConnection(host=self.host, port=self.port, user=self.user, key_path=str(self.key),
+                           known_hosts=str(self.known_hosts)) as conn:
+            yield conn
+
+    def crash_excerpt(self) -> str | None:
+        return None
+
+    def alive(self) -> bool:
+        return self.retired is None
+
+    def release(self, dirty: bool) -> None:
+        if dirty:
+            self.retired = "the last grading run left it dirty (module not unloaded, crash or timeout)"
+
+    def environment(self) -> dict:
+        return {"accel": None, "arch": None, "image": f"{self.host}:{self.port}"}
+
+    def close(self) -> None:
+        pass
+
+
+__all__ = ["QemuLabVM", "StaticHostVM", "find_golden", "VMCrashed"]

@@ -1,0 +1,441 @@
+"""QEMU runner for lab VMs.
+
+One overlay per VM on top of a golden image, KVM when it really works (else TCG), SSH waited for with a
+timeout, a clean internal snapshot saved and restored in seconds, crashed guests detected from the serial
+log and recovered, and QEMU killed on every error path: no leaked processes or ports.
+
+The guest prints its SSH host key on the console at first boot (``COPYLAB-HOSTKEY <type> <key>``); the
+runner pins it from there, so no key is ever learned over the network.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grader.errors import VMError
+
+HOSTKEY_RE = re.compile(r"COPYLAB-HOSTKEY (ssh-ed25519 [A-Za-z0-9+/=]+)")
+CRASH_RE = re.compile(
+    r"(BUG: [^\r\n]*|Oops[^\r\n]*|Kernel panic[^\r\n]*|general protection fault[^\r\n]*|"
+    r"watchdog: BUG: soft lockup[^\r\n]*|INFO: rcu_[a-z]+ detected stalls[^\r\n]*)"
+)
+QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
+
+
+class VMStartError(VMError):
+    """QEMU could not start the guest, or the guest never answered."""
+
+
+class VMCrashed(VMError):
+    """The guest kernel crashed (oops, panic) or QEMU ended unexpectedly."""
+
+    def __init__(self, message: str, excerpt: str = ""):
+        super().__init__(message)
+        self.excerpt = excerpt
+
+
+@dataclass
+class ImageSpec:
+    """What a VM boots: a disk image and, for direct kernel boot, the kernel, initrd and command line."""
+
+    disk: Path
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    arch: str = "x86_64"
+
+    @classmethod
+    def from_manifest(cls, manifest_path: Path) -> "ImageSpec":
+        data = json.loads(Path(manifest_path).read_text())
+        base = Path(manifest_path).parent
+        return cls(
+            disk=base / data["disk"],
+            kernel=Path(data["kernel_path"]),
+            initrd=Path(data["initrd_path"]),
+            cmdline=data["cmdline"],
+            arch=data.get("arch", "x86_64"),
+        )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on host (QEMU may still lose a race; start() retries)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def ssh_banner(host: str, port: int, timeout: float = 2.0) -> bool:
+    """True when an SSH server answers with its banner on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            return s.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+@dataclass
+class AccelChoice:
+    accel: str  # "kvm" or "tcg"
+    reason: str
+
+
+def _kvm_usable_device() -> bool:
+    return os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def probe_accel(image: ImageSpec, workdir: Path, timeout: float = 12.0) -> AccelChoice:
+    """Decide between KVM and TCG within seconds.
+
+    /dev/kvm can exist and still be unable to run a stock kernel (nested PVM devices abort on unknown
+    MSRs or stall in early boot). So boot the image's kernel with no disk under KVM: a working KVM
+    reaches the root-mount panic in a second or two; anything else within ``timeout`` means TCG.
+    ``COPYLAB_ACCEL=kvm|tcg`` forces the choice.
+    """
+    forced = os.environ.get("COPYLAB_ACCEL", "auto").lower()
+    if forced in ("kvm", "tcg"):
+        return AccelChoice(forced, f"forced by COPYLAB_ACCEL={forced}")
+    if not _kvm_usable_device():
+        return AccelChoice("tcg", "/dev/kvm is missing or not accessible")
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "kvm-probe.log"
+    log.unlink(missing_ok=True)
+    console = "ttyAMA0" if image.arch == "aarch64" else "ttyS0"
+    cmd = [QEMU_BINARIES[image.arch], "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults",
+           "-display", "none", "-no-reboot", "-serial", f"file:{log}",
+           "-kernel", str(image.kernel), "-append", f"console={console} panic=-1 root=/dev/nonexistent"]
+    if image.arch == "aarch64":
+        cmd[1:1] = ["-machine", "virt"]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        while time.monotonic() - started < timeout:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if "Kernel panic" in text or "VFS:" in text:
+                return AccelChoice("kvm", f"KVM booted a kernel to its root mount in "
+                                          f"{time.monotonic() - started:.1f}s")
+            if proc.poll() is not None:
+                err = (proc.stderr.read() or b"").decode(errors="replace").strip().splitlines()
+                return AccelChoice("tcg", "KVM cannot run the guest kernel: " + (err[-1] if err else
+                                   f"qemu exited with {proc.returncode}"))
+            time.sleep(0.2)
+        return AccelChoice("tcg", f"KVM made no boot progress within {timeout:.0f}s (unusable nested KVM)")
+    finally:
+        _kill_group(proc)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def _kill_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+
+
+@dataclass
+class QemuVM:
+    """One lab VM: an overlay on the image, a QEMU process, an HMP monitor socket, a serial log."""
+
+    image: ImageSpec
+    workdir: Path
+    name: str = "lab"
+    memory_mb: int = 2048
+    cpus: int = 2
+    accel: AccelChoice | None = None
+    restrict_network: bool = True
+    boot_timeout: float = 300.0
+    ssh_port: int | None = None
+    hostkey: str | None = None  # "ssh-ed25519 AAAA...", pinned from the console
+    _proc: subprocess.Popen | None = field(default=None, repr=False)
+    _serial_mark: int = 0
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def overlay(self) -> Path:
+        return self.workdir / f"{self.name}.qcow2"
+
+    @property
+    def serial_log(self) -> Path:
+        return self.workdir / f"{self.name}.serial.log"
+
+    @property
+    def monitor_path(self) -> Path:
+        return self.workdir / f"{self.name}.monitor"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.workdir / f"{self.name}.known_hosts"
+
+    # -------------------------------------------------------------- lifecycle
+    def create_overlay(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not Path(self.image.disk).exists():
+            raise VMStartError(f"image {self.image.disk} does not exist: build it with `make image`")
+        self.overlay.unlink(missing_ok=True)
+        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+              str(Path(self.image.disk).resolve()), str(self.overlay)], "create the VM overlay")
+
+    def start(self, loadvm: str | None = None, wait: bool = True) -> None:
+        """Start QEMU on the overlay (created when missing); with loadvm, resume an internal snapshot."""
+        if self.running():
+            raise VMStartError(f"VM {self.name} is already running")
+        if not self.overlay.exists():
+            self.create_overlay()
+        if self.accel is None:
+            self.accel = probe_accel(self.image, self.workdir)
+        last_error = ""
+        for _attempt in range(5):
+            port = self.ssh_port or free_port()
+            self._launch(port, loadvm)
+            err = self._wait_launched()
+            if err is None:
+                self.ssh_port = port
+                if self.hostkey:
+                    self.write_known_hosts()  # the pinned key, at this (maybe new) port
+                break
+            last_error = err
+            if "hostfwd" in err or "Could not set up host forwarding" in err or "Address already" in err:
+                self.ssh_port = None  # lost a port race: pick another
+                continue
+            raise VMStartError(f"QEMU failed to start {self.name}: {err}")
+        else:
+            raise VMStartError(f"QEMU could not forward an SSH port for {self.name}: {last_error}")
+        if wait:
+            self.wait_ssh(self.boot_timeout if loadvm is None else 60.0)
+
+    def _qemu_command(self, port: int, loadvm: str | None) -> list[str]:
+        arch = self.image.arch
+        accel = self.accel.accel if self.accel else "tcg"
+        netdev = f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22"
+        if self.restrict_network:
+            netdev += ",restrict=on"
+        cmd = [QEMU_BINARIES[arch]]
+        if arch == "x86_64":
+            # q35 and a CPU model without 5-level paging: kernel addresses look like a student's (ffff88..)
+            cpu = "host" if accel == "kvm" else "max,la57=off"
+            cmd += ["-machine", "q35", "-cpu", cpu]
+        else:
+            cmd += ["-machine", "virt", "-cpu", "host" if accel == "kvm" else "cortex-a57"]
+        cmd += [
+            "-accel", "kvm" if accel == "kvm" else "tcg,thread=multi",
+            "-m", str(self.memory_mb), "-smp", str(self.cpus),
+            "-nodefaults", "-display", "none", "-no-reboot",
+            "-drive", f"file={self.overlay},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
+            "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0",
+            "-serial", f"file:{self.serial_log}",
+            "-monitor", f"unix:{self.monitor_path},server=on,wait=off",
+            "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
+            "-append", self.image.cmdline,
+            "-device", "virtio-rng-pci",
+        ]
+        if loadvm:
+            cmd += ["-loadvm", loadvm]
+        return cmd
+
+    def _launch(self, port: int, loadvm: str | None) -> None:
+        self.monitor_path.unlink(missing_ok=True)
+        # keep the serial log across restarts (crash evidence); mark where this boot starts
+        self._serial_mark = self.serial_log.stat().st_size if self.serial_log.exists() else 0
+        self._stderr_path = self.workdir / f"{self.name}.qemu.err"
+        with open(self._stderr_path, "wb") as err:
+            self._proc = subprocess.Popen(self._qemu_command(port, loadvm), stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        self._started_at = time.monotonic()
+
+    def _wait_launched(self, timeout: float = 20.0) -> str | None:
+        """None once QEMU is up (monitor socket answers), else its error text."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                return self._stderr_text() or f"qemu exited with status {self._proc.returncode}"
+            if self.monitor_path.exists():
+                try:
+                    self.monitor("info status", timeout=5)
+                    return None
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        self.kill()
+        return f"QEMU did not open its monitor within {timeout:.0f}s"
+
+    def _stderr_text(self) -> str:
+        try:
+            return Path(self._stderr_path).read_text(errors="replace").strip()
+        except (OSError, AttributeError):
+            return ""
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def wait_ssh(self, timeout: float) -> None:
+        """Wait until sshd answers and the host key is pinned; raise VMCrashed/VMStartError otherwise."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            crash = self.crash_excerpt()
+            if crash:
+                self.kill()
+                raise VMCrashed(f"guest {self.name} crashed while booting", crash)
+            if not self.running():
+                raise VMStartError(f"QEMU for {self.name} exited while booting: "
+                                   f"{self._stderr_text() or 'no error output'}; serial log {self.serial_log}")
+            if self.hostkey is None:
+                self._pin_hostkey()
+            if self.hostkey and ssh_banner("127.0.0.1", self.ssh_port):
+                return
+            time.sleep(0.5)
+        self.kill()
+        raise VMStartError(f"VM {self.name} did not answer SSH on 127.0.0.1:{self.ssh_port} within "
+                           f"{timeout:.0f}s (accel {self.accel.accel if self.accel else '?'}); "
+                           f"serial log: {self.serial_log}")
+
+    def _pin_hostkey(self) -> None:
+        m = HOSTKEY_RE.search(self.serial_text())
+        if m:
+            self.hostkey = m.group(1)
+            self.write_known_hosts()
+
+    def write_known_hosts(self) -> Path:
+        if self.hostkey is None:
+            raise VMError(f"no host key pinned for {self.name}")
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.ssh_port} {self.hostkey}\n")
+        return self.known_hosts
+
+    # ---------------------------------------------------------- serial log
+    def serial_text(self, since_mark: bool = True) -> str:
+        try:
+            with open(self.serial_log, "rb") as f:
+                if since_mark:
+                    f.seek(self._serial_mark)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def mark_serial(self) -> None:
+        """Crash detection looks only at what the console printed after this point."""
+        self._serial_mark = self.serial_log.stat().st_size if self.serial_log.exists() else 0
+
+    def crash_excerpt(self, context: int = 40) -> str | None:
+        """The oops/panic text the console printed since the mark, or None."""
+        text = self.serial_text()
+        m = CRASH_RE.search(text)
+        if not m:
+            return None
+        lines = text[m.start():].splitlines()
+        return "\n".join(lines[:context])
+
+    # ------------------------------------------------------------- monitor
+    def monitor(self, command: str, timeout: float = 30.0) -> str:
+        """Run one HMP command and return its output."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(self.monitor_path))
+            buf = _read_until(s, b"(qemu) ", timeout)
+            s.sendall(command.encode() + b"\n")
+            buf = _read_until(s, b"(qemu) ", timeout)
+        text = buf.decode(errors="replace").replace("\r", "")
+        # drop the echoed command line (with its terminal escapes) and the final prompt
+        lines = text.split("\n")
+        return "\n".join(lines[1:-1]).strip()
+
+    def savevm(self, name: str = "clean") -> float:
+        t = time.monotonic()
+        out = self.monitor(f"savevm {name}", timeout=120)
+        if "Error" in out or "error" in out:
+            raise VMError(f"savevm {name} failed on {self.name}: {out}")
+        self.mark_serial()
+        return time.monotonic() - t
+
+    def loadvm(self, name: str = "clean", ssh_timeout: float = 60.0) -> float:
+        """Restore the snapshot; after a crash (QEMU gone) start a new QEMU from it. Returns seconds."""
+        t = time.monotonic()
+        if self.running():
+            try:
+                out = self.monitor(f"loadvm {name}", timeout=60)
+                if "rror" in out:
+                    raise VMError(out)
+                self.mark_serial()
+                self.monitor("cont", timeout=10)
+            except (OSError, VMError):
+                self.kill()
+        if not self.running():
+            self.start(loadvm=name, wait=False)
+        self.wait_ssh(ssh_timeout)
+        return time.monotonic() - t
+
+    # ------------------------------------------------------------- teardown
+    def kill(self) -> None:
+        if self._proc is not None:
+            _kill_group(self._proc)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Quit QEMU (no guest shutdown: the overlay is disposable or snapshotted)."""
+        if self.running():
+            try:
+                self.monitor("quit", timeout=5)
+                self._proc.wait(timeout)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+
+    def destroy(self) -> None:
+        self.stop()
+        for p in (self.overlay, self.monitor_path):
+            p.unlink(missing_ok=True)
+
+    def __enter__(self) -> "QemuVM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.destroy()
+
+
+def _read_until(s: socket.socket, token: bytes, timeout: float) -> bytes:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not buf.endswith(token):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"monitor did not answer within {timeout:.0f}s")
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError("monitor closed the connection")
+        buf += chunk
+    return buf
+
+
+def _run(cmd: list[str], what: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError as e:
+        raise VMStartError(f"cannot {what}: {cmd[0]} is not installed (run `make deps`)") from e
+    except subprocess.CalledProcessError as e:
+        raise VMStartError(f"cannot {what}: {e.stderr.strip() or e}") from e
+    except subprocess.TimeoutExpired as e:
+        raise VMStartError(f"cannot {what}: `{' '.join(cmd)}` took over {timeout}s") from e
+
+
+def scratch_dir(prefix: str = "copylab-vm-") -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
