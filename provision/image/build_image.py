@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -105,7 +106,9 @@ def base_key(arch: str, release: str) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"arch": arch, "release": release, "suite": SUITE, "packages": read_packages(),
                          "cmdline": CMDLINE[arch]}).encode())
-    h.update(tree_digest([HERE / "build_image.py", HERE / "rootfs"]).encode())
+    # the recipe of this stage only (not the whole script): editing the golden stage keeps the base
+    h.update("".join(inspect.getsource(f) for f in (build_base, configure_rootfs)).encode())
+    h.update(tree_digest([HERE / "rootfs"]).encode())
     return h.hexdigest()[:16]
 
 
@@ -122,7 +125,8 @@ def golden_inputs() -> list[Path]:
 
 
 def golden_key(base: str) -> str:
-    h = hashlib.sha256((base + tree_digest(golden_inputs())).encode())
+    recipe = "".join(inspect.getsource(f) for f in (build_golden, run_playbook, playbook, ssh_admin))
+    h = hashlib.sha256((base + recipe + tree_digest(golden_inputs())).encode())
     return h.hexdigest()[:16]
 
 
@@ -364,12 +368,14 @@ def playbook(host: str, port: int, user: str, key: Path, known_hosts: Path, grad
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 cwd=REPO / "provision")
         lines = []
+        t_start = time.monotonic()
         try:
             for line in proc.stdout:
                 f.write(line)
                 lines.append(line)
                 if line.startswith(("TASK [", "PLAY [", "PLAY RECAP")):
-                    print("    " + line.strip().rstrip("*").strip(), flush=True)
+                    print(f"    {time.monotonic() - t_start:6.0f}s  " + line.strip().rstrip("*").strip(),
+                          flush=True)
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()

@@ -1,0 +1,97 @@
+"""VM tier: one golden image (built when the cache lacks it) and ONE booted lab VM shared by all tests.
+
+Every grading run starts from the VM's clean internal snapshot (QemuLabVM.acquire), so tests do not
+boot a VM each. Nothing here is skipped for lack of KVM: the runner falls back to TCG.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+BUILDER = ROOT / "provision" / "image" / "build_image.py"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/tests/vm/" in str(item.fspath):
+            item.add_marker(pytest.mark.vm)
+
+
+class Reporter:
+    """Progress lines straight to the terminal, also while pytest captures output."""
+
+    def __init__(self, config):
+        self.capman = config.pluginmanager.getplugin("capturemanager")
+
+    def __call__(self, msg: str) -> None:
+        with self.capman.global_and_fixture_disabled():
+            print(f"\n[vm-tier {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@pytest.fixture(scope="session")
+def progress(pytestconfig):
+    return Reporter(pytestconfig)
+
+
+def run_builder(progress, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(BUILDER), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, **(env or {}),
+                                     PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        progress(line.rstrip())
+    proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), "")
+
+
+@pytest.fixture(scope="session")
+def golden(progress) -> Path:
+    """The golden image folder, built from nothing when the cache does not hold it."""
+    r = run_builder(progress, "--stage", "golden")
+    assert r.returncode == 0, f"image build failed:\n{r.stdout[-4000:]}"
+    path = Path(r.stdout.strip().splitlines()[-1].split("image: ", 1)[-1])
+    assert (path / "manifest.json").exists(), r.stdout
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden_manifest(golden) -> dict:
+    return json.loads((golden / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def lab_vm(golden, progress, tmp_path_factory):
+    """The one shared lab VM (booted once, clean snapshot taken), destroyed at the end of the session."""
+    from grader.vm.labvm import QemuLabVM
+
+    vm = QemuLabVM(golden=golden, workdir=tmp_path_factory.mktemp("labvm"), progress=progress)
+    vm.prepare()
+    yield vm
+    vm.close()
+    assert not vm.vm.running(), "QEMU is still running after close()"
+
+
+@pytest.fixture
+def admin_ssh(lab_vm, golden_manifest):
+    """Run a command in the shared VM as the image's admin account (sudo), through OpenSSH."""
+    def run(command: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = ["ssh", "-i", golden_manifest["admin_key_path"], "-p", str(lab_vm.vm.ssh_port),
+               "-o", f"UserKnownHostsFile={lab_vm.vm.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+               "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "copylab@127.0.0.1", command]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert r.returncode == 0, f"{command!r} failed ({r.returncode}): {r.stderr}{r.stdout}"
+        return r
+    return run

@@ -1,0 +1,143 @@
+"""The grader engine on the real, shared lab VM: the solution, the skeleton, correct variants and
+hostile submissions, each graded by a real run (build, load, trace, check) from the clean snapshot."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+
+from lab1_submissions import make_submission  # noqa: E402
+
+from grader.engine.labspec import load_lab  # noqa: E402
+from grader.engine.run import grade  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lab():
+    return load_lab("lab1")
+
+
+def run_kind(lab, lab_vm, tmp_path, kind):
+    sub = make_submission(kind, tmp_path / kind)
+    outcome = grade(lab, lab_vm, sub, tmp_path / f"{kind}-out")
+    return outcome.result
+
+
+def checks(result) -> dict:
+    return {c["name"]: c for c in result["checks"]}
+
+
+def evidence_text(check) -> str:
+    return "\n".join(f"{e['mark']}: {e['text']}" for e in check["evidence"])
+
+
+def phases(result) -> dict:
+    return {p["name"]: p for p in result["phases"]}
+
+
+def assert_full_marks(result):
+    failed = {n: evidence_text(c) for n, c in checks(result).items() if not c["passed"]}
+    assert result["score"] == result["max_score"] == 100, f"failed checks: {failed}\nphases: {result['phases']}"
+    assert result["verdict"] is None
+
+
+def test_solution_full_marks(lab, lab_vm, tmp_path):
+    result = run_kind(lab, lab_vm, tmp_path, "solution")
+    assert_full_marks(result)
+    # the narrative's claim, measured: copy #4's kernel source is copy #1's kernel destination
+    rows = result["trace_table"]
+    assert len(rows) == 7
+    assert result["copies"] == 2 and result["bytes_held"] == 48
+    assert result["environment"]["kernel_release"] == "6.1.0-50-amd64"
+    assert len(result["environment"]["module_sha256"]) == 64
+    for p in result["phases"]:
+        assert p["status"] == "ok", p
+        assert p["duration_s"] >= 0
+    for name in ("build.log", "kmsg.txt", "sender.out", "receiver.out", "trace.txt"):
+        assert name in result["artifacts"]
+    trace = (tmp_path / "solution-out" / "trace.txt").read_text()
+    assert "copylab_tx" in trace and "copylab_rx" in trace
+
+
+def test_skeleton_fails_exactly_its_todos(lab, lab_vm, tmp_path):
+    result = run_kind(lab, lab_vm, tmp_path, "skeleton")
+    c = checks(result)
+    assert c["build_ok"]["passed"] and c["module_loads"]["passed"] and c["module_unloads"]["passed"]
+    assert c["no_kernel_fault"]["passed"]
+    for open_todo in ("programs_report", "copy1_kernel_side", "copy4_kernel_side"):
+        assert not c[open_todo]["passed"], open_todo
+        assert c[open_todo]["evidence"], f"{open_todo} failed without evidence"
+        assert c[open_todo]["hint"]
+    for dependent in ("copy1_record", "copy4_record", "agrees_with_trace"):
+        assert not c[dependent]["passed"] and c[dependent]["skipped_because"], dependent
+    assert 0 < result["score"] < result["max_score"]
+
+
+@pytest.mark.parametrize("kind", ["payload_filter", "regs_di", "recvfrom"])
+def test_plausible_correct_variants_pass(lab, lab_vm, tmp_path, kind):
+    assert_full_marks(run_kind(lab, lab_vm, tmp_path, kind))
+
+
+def test_panicking_module_then_next_submission_gets_full_marks(lab, lab_vm, tmp_path):
+    result = run_kind(lab, lab_vm, tmp_path, "panic")
+    assert result["verdict"] and result["verdict"].startswith("kernel crashed during "), result["verdict"]
+    crash = (tmp_path / "panic-out" / "crash.txt").read_text()
+    assert "BUG" in crash or "Oops" in crash or "Kernel panic" in crash
+    assert not checks(result)["no_kernel_fault"]["passed"]
+    # the VM was restored: the next correct submission on the same VM gets full marks
+    assert_full_marks(run_kind(lab, lab_vm, tmp_path, "solution"))
+
+
+@pytest.mark.parametrize("kind", ["hang_sender", "hang_receiver"])
+def test_hanging_program_times_out_and_keeps_partial_results(lab, lab_vm, tmp_path, kind):
+    result = run_kind(lab, lab_vm, tmp_path, kind)
+    ph = phases(result)
+    assert ph["run"]["status"] == "timeout", ph["run"]
+    assert ph["build"]["status"] == "ok" and ph["load"]["status"] == "ok"
+    out = (tmp_path / f"{kind}-out" / "receiver.out").read_text()
+    assert "receiver: listening on 127.0.0.1:" in out or kind == "hang_receiver"
+    assert "sender.out" in result["artifacts"] or "receiver.out" in result["artifacts"]
+    assert not checks(result)["programs_report"]["passed"]
+    assert checks(result)["build_ok"]["passed"]
+
+
+@pytest.mark.parametrize("kind", ["forgery", "replay"])
+def test_forged_records_fail_the_agreement_with_the_independent_trace(lab, lab_vm, tmp_path, kind):
+    result = run_kind(lab, lab_vm, tmp_path, kind)
+    c = checks(result)
+    assert not c["agrees_with_trace"]["passed"]
+    assert result["score"] < result["max_score"]
+    if kind == "replay":
+        # the replayed numbers agree with each other, so only the independent trace can tell
+        assert c["copy1_record"]["passed"] and c["copy4_record"]["passed"]
+        marks = {e["mark"] for cc in c.values() for e in cc["evidence"]}
+        assert "bad" in marks or "missing" in marks
+
+
+def test_compile_error_shows_the_build_log(lab, lab_vm, tmp_path):
+    result = run_kind(lab, lab_vm, tmp_path, "compile_error")
+    c = checks(result)
+    assert not c["build_ok"]["passed"]
+    assert "error" in evidence_text(c["build_ok"]).lower()
+    assert phases(result)["load"]["status"] != "ok"
+    assert result["score"] == 0
+
+
+def test_huge_output_is_capped(lab, lab_vm, tmp_path):
+    result = run_kind(lab, lab_vm, tmp_path, "huge_output")
+    out = tmp_path / "huge_output-out" / "sender.out"
+    assert out.exists()
+    assert out.stat().st_size <= 2_000_000, "the sender's output was not capped"
+    assert checks(result)["build_ok"]["passed"]
+
+
+def test_missing_copy1_names_the_path_that_copied_instead(lab, lab_vm, tmp_path):
+    result = run_kind(lab, lab_vm, tmp_path, "missing_copy1")
+    c = checks(result)
+    assert not c["copy1_kernel_side"]["passed"]
+    text = evidence_text(c["copy1_kernel_side"])
+    assert "csum_and_copy_from_iter" in text, text
