@@ -219,12 +219,21 @@ def _explain_missing_copy1(run: RunData, evid: list[Evidence]) -> None:
         else "csum_and_copy_from_iter_full"
     if run.trace_text is None:
         return
-    if tx is not None:
+    csum_copies = [e for e in run.trace_events("copylab_tx_csum", run.send_comm)
+                   if e.num("len") == run.payload_len]
+    if csum_copies:
+        e = csum_copies[0]
+        copier = prof.symbols.get("send_csum_copy", "csum_and_copy_from_user") if prof \
+            else "csum_and_copy_from_user"
+        evid.append(info(
+            f"the independent trace saw copy #1 done by {copier}: {e.num('len')} bytes from user "
+            f"{hx(e.num('src'))} to kernel {hx(e.num('dst'))}; that is the checksumming path {csum} "
+            f"(taken with MSG_MORE or UDP_CORK), which does not call {sym}"))
+    elif tx is not None:
         evid.append(info(
             f"the independent trace saw the send: {tx.location.split('+')[0] or 'ip_generic_getfrag'} "
             f"copied {tx.num('len')} bytes from {hx(tx.user_addr)} to {hx(tx.num('to'))}, "
-            f"but there was no {sym} record: the data probably went through the checksumming "
-            f"path {csum} (as with MSG_MORE or UDP_CORK), or the probe's filter rejected it"))
+            f"but there was no {sym} record: check the probe's filter (process name, length)"))
     elif run.trace_events("copylab_tx"):
         evid.append(info(f"the trace saw ip_generic_getfrag calls but none from "
                          f"{run.send_comm!r} with len={run.payload_len}"))

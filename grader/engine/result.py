@@ -130,6 +130,9 @@ def render_text(result: dict) -> str:
     lines.append("")
     lines.append("phases: " + ", ".join(f"{p['name']} {p['status']} {p['duration_s']:.1f}s"
                                         for p in result["phases"]))
+    for p in result["phases"]:
+        if p["status"] in ("failed", "timeout"):
+            lines.append(f"  {p['name']} {p['status']}: {p['detail']}")
     lines.append("")
     lines.append(f"the message's journey ({result['copies']} copies, "
                  f"{result['bytes_held']} bytes held in 3 buffers):")

@@ -46,6 +46,10 @@ class BuildError(RuntimeError):
     pass
 
 
+class PlaybookFailed(BuildError):
+    """ansible-playbook ended non-zero; the message carries its failure lines."""
+
+
 def log(msg: str) -> None:
     print(f"[image {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -131,6 +135,22 @@ def golden_key(base: str) -> str:
 
 
 # ------------------------------------------------------------------------- stages
+def unmount_below(path: Path) -> None:
+    """Unmount whatever an interrupted debootstrap left mounted inside path (proc, sys, dev binds),
+    deepest first, so that removing the folder can never reach into the host's /proc, /sys or /dev."""
+    root = str(path.resolve())
+    with open("/proc/mounts") as f:
+        points = [line.split()[1] for line in f]
+    for mp in sorted((p for p in points if p == root or p.startswith(root + "/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mp], capture_output=True)
+
+
+def remove_build_dir(path: Path) -> None:
+    if path.exists():
+        unmount_below(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 class Stage:
     """A cache folder built atomically under a lock: build into NAME.tmp, rename to NAME."""
 
@@ -146,7 +166,7 @@ class Stage:
         self._lock = open(self.path.with_name(self.path.name + ".lock"), "w")
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         if not self.ready():
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            remove_build_dir(self.tmp)
             self.tmp.mkdir()
         return self
 
@@ -156,7 +176,7 @@ class Stage:
         self.tmp.rename(self.path)
 
     def __exit__(self, *exc):
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        remove_build_dir(self.tmp)
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         self._lock.close()
 
@@ -206,7 +226,7 @@ def build_base(arch: str, release: str, disk_gb: int = 8) -> Path:
         sh(["qemu-img", "convert", "-O", "qcow2", str(raw), str(out / "base.qcow2")], "qemu-img convert",
            capture_output=True)
         raw.unlink()
-        shutil.rmtree(rootfs)
+        remove_build_dir(rootfs)
         manifest = {
             "stage": "base", "key": key, "arch": arch, "qemu_arch": QEMU_ARCH[arch],
             "kernel_release": release, "suite": SUITE, "disk": "base.qcow2",
@@ -306,10 +326,18 @@ def build_golden(arch: str, release: str, base: Path) -> Path:
             run_playbook(vm, base / bm["admin_key"], gkey.with_suffix(".pub"), release,
                          out / "provision.log")
             t_done = time.monotonic()
-            log(f"provisioned in {t_done - t_prov:.0f}s; resetting per-VM identity and powering off")
+            log(f"provisioned in {t_done - t_prov:.0f}s; second run to prove it changes nothing")
+            second = run_playbook(vm, base / bm["admin_key"], gkey.with_suffix(".pub"), release,
+                                  out / "provision-2.log")
+            t_second = time.monotonic()
+            recap = parse_recap(second)
+            if recap.get("changed") != 0 or recap.get("failed") != 0:
+                raise BuildError(f"the second provisioning run was not idempotent: {recap} "
+                                 f"(see {out / 'provision-2.log'})")
+            log(f"second run in {t_second - t_done:.0f}s: {recap}; resetting per-VM identity, powering off")
             ssh_admin(vm, base / bm["admin_key"],
                       "sudo sh -c 'rm -f /etc/ssh/ssh_host_* && : > /etc/machine-id && apt-get clean && "
-                      "rm -rf /var/lib/apt/lists/* /tmp/* && sync && (sleep 1; poweroff) >/dev/null 2>&1 &'")
+                      "rm -rf /tmp/* && sync && (sleep 1; poweroff) >/dev/null 2>&1 &'")
             deadline = time.monotonic() + 120
             while vm.running() and time.monotonic() < deadline:
                 time.sleep(0.5)
@@ -326,11 +354,19 @@ def build_golden(arch: str, release: str, base: Path) -> Path:
             "cmdline": bm["cmdline"], "admin_user": "copylab", "admin_key_path": str(base / bm["admin_key"]),
             "grader_user": "grader", "grader_key": "grader_ed25519", "accel_used": vm.accel.accel,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "seconds": {"provision": round(t_done - t_prov), "total": round(time.monotonic() - t0)},
+            "seconds": {"provision": round(t_done - t_prov), "provision_again": round(t_second - t_done),
+                        "total": round(time.monotonic() - t0)},
+            "second_run_recap": recap,
         }
         stage.commit(manifest)
         log(f"golden image ready in {time.monotonic() - t0:.0f}s: {stage.path}")
         return stage.path
+
+
+def parse_recap(output: str) -> dict:
+    """The numbers of ansible's PLAY RECAP line, e.g. {'ok': 63, 'changed': 0, 'failed': 0, ...}."""
+    m = re.search(r"^\S+\s*:\s*(ok=\d+.*)$", output.split("PLAY RECAP", 1)[-1], re.M)
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))} if m else {}
 
 
 def ssh_admin(vm: QemuVM, key: Path, command: str, timeout: float = 120) -> None:
@@ -347,21 +383,23 @@ def run_playbook(vm: QemuVM, admin_key: Path, grader_pub: Path, release: str, lo
                     extra_vars=extra_vars)
 
 
-def playbook(host: str, port: int, user: str, key: Path, known_hosts: Path, grader_pub: Path,
-             release: str, logfile: Path, extra_vars: dict | None = None, timeout: float = 1800) -> str:
+def playbook(host: str, port: int, user: str, key: Path, known_hosts: Path, grader_pub: Path | None,
+             release: str, logfile: Path, extra_vars: dict | None = None, timeout: float = 1800,
+             play: Path | None = None) -> str:
     inventory = logfile.with_suffix(".inventory.ini")
     inventory.write_text(
         f"lab ansible_host={host} ansible_port={port} ansible_user={user} "
         f"ansible_ssh_private_key_file={key} "
         f"ansible_ssh_common_args='-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes'\n")
     variables = {"copylab_kernel_release": release,
-                 "copylab_grader_access_pubkey": grader_pub.read_text().strip(),
                  "copylab_grader_access_known_hosts_file": str(known_hosts)}
+    if grader_pub is not None:
+        variables["copylab_grader_access_pubkey"] = grader_pub.read_text().strip()
     variables.update(extra_vars or {})
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "provision" / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0",
                ANSIBLE_NOCOLOR="1")
     ansible = shutil.which("ansible-playbook") or str(Path(sys.executable).parent / "ansible-playbook")
-    cmd = [ansible, "-i", str(inventory), str(REPO / "provision" / "site.yml"),
+    cmd = [ansible, "-i", str(inventory), str(play or REPO / "provision" / "site.yml"),
            "-e", json.dumps(variables)]
     log(f"ansible-playbook site.yml -> {host}:{port} (log: {logfile})")
     with open(logfile, "w") as f:
@@ -383,7 +421,7 @@ def playbook(host: str, port: int, user: str, key: Path, known_hosts: Path, grad
     output = "".join(lines)
     if proc.returncode != 0:
         failed = [ln.strip() for ln in lines if ln.startswith(("fatal:", "failed:")) or '"msg":' in ln]
-        raise BuildError(f"provisioning failed (ansible exit {proc.returncode}): "
+        raise PlaybookFailed(f"provisioning failed (ansible exit {proc.returncode}): "
                          f"{' | '.join(failed[-3:]) or 'see log'}; full log: {logfile}")
     return output
 

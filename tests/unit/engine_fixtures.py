@@ -35,7 +35,8 @@ def kmsg_text(copy1=None, copy4=None, extra=()):
     return "\n".join(lines) + "\n"
 
 
-def trace_text(msg=MSG, to=KADDR, data=KADDR, s_ubase=SBUF, r_ubase=RBUF, with_tx=True):
+def trace_text(msg=MSG, to=KADDR, data=KADDR, s_ubase=SBUF, r_ubase=RBUF, with_tx=True,
+               with_csum=False):
     w0, w1 = words(msg)
     lines = ["# tracer: nop", "#", "#                                _-----=> irqs-off/BH-disabled",
              "#           TASK-PID     CPU#  |||||  TIMESTAMP  FUNCTION"]
@@ -43,6 +44,10 @@ def trace_text(msg=MSG, to=KADDR, data=KADDR, s_ubase=SBUF, r_ubase=RBUF, with_t
         lines.append(f"          sender-1234    [001] d..1.   123.456789: copylab_tx: "
                      f"(ip_generic_getfrag+0x0/0x140) to=0x{to:x} len=16 ubase=0x{s_ubase:x} "
                      f"uoff=0x0 comm=\"sender\"")
+    if with_csum:
+        lines.append(f"          sender-1234    [001] d..1.   123.456790: copylab_tx_csum: "
+                     f"(csum_and_copy_from_user+0x0/0x80) src=0x{s_ubase:x} dst=0x{to:x} len=16 "
+                     f"comm=\"sender\"")
     lines.append(f"        receiver-1230    [000] .....   123.450001: copylab_rxmsg: "
                  f"(udp_recvmsg+0x0/0x5a0) ubase=0x{r_ubase:x} uoff=0x0 comm=\"receiver\"")
     lines.append(f"        receiver-1230    [000] ..s1.   123.457001: copylab_rx: "

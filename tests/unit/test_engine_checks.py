@@ -104,11 +104,16 @@ def test_copy1_duplicates_fail():
 
 
 def test_copy1_missing_names_the_checksum_path():
-    run = good_run(kmsg_text=kmsg_text(copy1=""))
+    run = good_run(kmsg_text=kmsg_text(copy1=""), trace_text=trace_text(with_csum=True))
     r = results(run)["copy1_kernel_side"]
     assert not r.passed and r.evidence[0].mark == "missing"
-    assert any(e.mark == "info" and "csum_and_copy_from_iter_full" in e.text
-               and "MSG_MORE" in e.text for e in r.evidence)
+    assert any(e.mark == "info" and "csum_and_copy_from_user" in e.text
+               and "csum_and_copy_from_iter_full" in e.text and "MSG_MORE" in e.text
+               for e in r.evidence)
+    # no checksumming copy in the trace: the filter is the suspect, not the path
+    run = good_run(kmsg_text=kmsg_text(copy1=""))
+    assert any(e.mark == "info" and "filter" in e.text and "ip_generic_getfrag" in e.text
+               for e in results(run)["copy1_kernel_side"].evidence)
     run = good_run(kmsg_text=kmsg_text(copy1=""), trace_text=trace_text(with_tx=False))
     assert any("saw no ip_generic_getfrag" in e.text or "none from 'sender'" in e.text
                for e in results(run)["copy1_kernel_side"].evidence)

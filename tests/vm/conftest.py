@@ -57,13 +57,18 @@ def run_builder(progress, *args: str, env: dict | None = None) -> subprocess.Com
 
 
 @pytest.fixture(scope="session")
-def golden(progress) -> Path:
-    """The golden image folder, built from nothing when the cache does not hold it."""
+def golden_build(progress) -> tuple[Path, bool]:
+    """(golden image folder, whether this session built it from nothing)."""
     r = run_builder(progress, "--stage", "golden")
     assert r.returncode == 0, f"image build failed:\n{r.stdout[-4000:]}"
     path = Path(r.stdout.strip().splitlines()[-1].split("image: ", 1)[-1])
     assert (path / "manifest.json").exists(), r.stdout
-    return path
+    return path, "base image ready" in r.stdout
+
+
+@pytest.fixture(scope="session")
+def golden(golden_build) -> Path:
+    return golden_build[0]
 
 
 @pytest.fixture(scope="session")
