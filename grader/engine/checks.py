@@ -245,8 +245,8 @@ def _explain_missing_copy1(run: RunData, evid: list[Evidence]) -> None:
 @check_kind("copy_kernel_side")
 def check_copy_kernel_side(run: RunData, opts: dict):
     """options: copy = "COPY1" | "COPY4". Exactly one record, len = payload length, a kernel
-    address on the kernel side; for COPY4 also src == COPY1's dest (same skb on loopback).
-    The first-milestone forms pass."""
+    address on the kernel side that the independent trace confirms; for COPY4 also
+    src == COPY1's dest (same skb on loopback). The first-milestone forms pass."""
     kind = opts.get("copy", "COPY1")
     evid: list[Evidence] = []
     rec = _one(run, kind, evid)
@@ -270,6 +270,20 @@ def check_copy_kernel_side(run: RunData, opts: dict):
     else:
         ok = False
         evid.append(bad(f"len={rec.len}, but the payload is {run.payload_len} bytes"))
+    # a well-formed record is not evidence by itself: the kernel address must be the one the
+    # grader's own trace saw (ip_generic_getfrag's `to` / skb->data in skb_consume_udp)
+    event, field = (run.tx_event(), "to") if kind == "COPY1" else (run.rx_event(), "data")
+    where = "ip_generic_getfrag to" if kind == "COPY1" else "skb_consume_udp skb->data"
+    if run.trace_text is None or event is None:
+        ok = False
+        evid.append(missing(f"the independent trace has no {where} for this run to confirm "
+                            f"{side}={hx(kaddr)}"))
+    elif event.num(field) == kaddr:
+        evid.append(good(f"{side}={hx(kaddr)} is what the independent trace saw ({where})"))
+    else:
+        ok = False
+        evid.append(bad(f"{side}={hx(kaddr)}, but the independent trace saw {where}="
+                        f"{hx(event.num(field))}: the record does not describe this run's copy"))
     if kind == "COPY4":
         c1 = run.copy_records("COPY1")
         if len(c1) != 1 or c1[0].dest is None:

@@ -136,14 +136,27 @@ def test_copy4_wrong_receiver_buffer():
     assert not r.passed and "bad" in marks(r)
 
 
-def test_trace_disagreement_names_the_numbers():
+def test_kernel_addresses_the_trace_did_not_see_fail_the_kernel_side_checks():
     run = good_run(trace_text=trace_text(to=KADDR + 0x100, data=KADDR + 0x100))
+    res = results(run)
+    for name, where in (("copy1_kernel_side", "ip_generic_getfrag to"),
+                        ("copy4_kernel_side", "skb_consume_udp skb->data")):
+        assert not res[name].passed
+        assert any(e.mark == "bad" and where in e.text and "does not describe this run" in e.text
+                   for e in res[name].evidence), name
+    assert res["agrees_with_trace"].skipped_because
+
+
+def test_trace_disagreement_names_the_numbers():
+    # the user addresses disagree with the trace (the programs and the module agree with each other)
+    run = good_run(trace_text=trace_text(s_ubase=SBUF + 0x40, r_ubase=RBUF + 0x40))
     r = results(run)["agrees_with_trace"]
     assert not r.passed
     assert r.evidence[0].mark == "bad"
-    assert "COPY1 dest vs tx to" in r.evidence[0].text and "COPY4 src vs rx data" in r.evidence[0].text
-    assert "COPY1 src" not in r.evidence[0].text
-    assert any(e.mark == "good" and "COPY1 src vs tx ubase+uoff" in e.text for e in r.evidence)
+    assert "COPY1 src vs tx ubase+uoff" in r.evidence[0].text
+    assert "COPY4 dest vs rxmsg ubase+uoff" in r.evidence[0].text
+    assert "COPY1 dest" not in r.evidence[0].text
+    assert any(e.mark == "good" and "COPY1 dest vs tx to" in e.text for e in r.evidence)
 
 
 def test_trace_payload_mismatch_and_missing_trace():

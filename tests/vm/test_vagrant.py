@@ -60,13 +60,16 @@ def local_box(golden, progress):
 def vagrant_env(tmp_path, local_box):
     from grader.vm.qemu import free_port
 
+    port = free_port()
+    while port > 60000:  # the loopback UDP tunnel uses port + 1 and port + 2
+        port = free_port()
     env = dict(os.environ,
                VAGRANT_CWD=str(ROOT), VAGRANT_HOME=str(tmp_path / "vagrant.d"),
                VAGRANT_DOTFILE_PATH=str(tmp_path / "dotvagrant"), VAGRANT_DEFAULT_PROVIDER="libvirt",
                VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_NO_COLOR="1",
                COPYLAB_BOX="local", COPYLAB_LOCAL_BOX_DIR=str(local_box),
                COPYLAB_LIBVIRT_DRIVER="qemu", COPYLAB_LIBVIRT_NET="loopback",
-               COPYLAB_SSH_PORT=str(free_port()),
+               COPYLAB_SSH_PORT=str(port),
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     return env
 
