@@ -110,6 +110,11 @@ def test_vagrant_up_local_box_provisions_a_lab_vm(vagrant_env, progress):
         d = subprocess.run(["vagrant", "destroy", "-f"], env=env, capture_output=True, text=True, timeout=300)
         subprocess.run(["vagrant", "box", "remove", "--force", "--all",
                         f"copylab/local-{_key(env)}"], env=env, capture_output=True, timeout=120)
+        # vagrant-libvirt leaves the box's volume in the storage pool
+        vols = sh(["virsh", "-c", "qemu:///system", "vol-list", "default", "--name"], check=False).stdout
+        for vol in vols.split():
+            if vol.startswith(f"copylab-VAGRANTSLASH-local-{_key(env)}"):
+                sh(["virsh", "-c", "qemu:///system", "vol-delete", "--pool", "default", vol], check=False)
     assert d.returncode == 0, d.stderr
     status = sh(["vagrant", "status"], env=env)
     assert "not created" in status.stdout
