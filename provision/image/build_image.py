@@ -363,6 +363,24 @@ def build_golden(arch: str, release: str, base: Path) -> Path:
         return stage.path
 
 
+def ansible_env() -> dict:
+    """Environment for ansible-playbook: the project's ansible.cfg and, when installed, Mitogen's
+    strategy, which keeps one Python process in the VM instead of starting one per task (about
+    twice as fast under software emulation). COPYLAB_ANSIBLE_MITOGEN=0 turns it off."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "provision" / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0",
+               ANSIBLE_NOCOLOR="1")
+    env.setdefault("ANSIBLE_TIMEOUT", "120")  # first contact with a guest under TCG is slow
+    if os.environ.get("COPYLAB_ANSIBLE_MITOGEN", "1") != "0":
+        try:
+            import ansible_mitogen
+        except ImportError:
+            return env
+        env.setdefault("ANSIBLE_STRATEGY_PLUGINS",
+                       str(Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"))
+        env.setdefault("ANSIBLE_STRATEGY", "mitogen_linear")
+    return env
+
+
 def parse_recap(output: str) -> dict:
     """The numbers of ansible's PLAY RECAP line, e.g. {'ok': 63, 'changed': 0, 'failed': 0, ...}."""
     m = re.search(r"^\S+\s*:\s*(ok=\d+.*)$", output.split("PLAY RECAP", 1)[-1], re.M)
@@ -396,8 +414,7 @@ def playbook(host: str, port: int, user: str, key: Path, known_hosts: Path, grad
     if grader_pub is not None:
         variables["copylab_grader_access_pubkey"] = grader_pub.read_text().strip()
     variables.update(extra_vars or {})
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "provision" / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0",
-               ANSIBLE_NOCOLOR="1")
+    env = ansible_env()
     ansible = shutil.which("ansible-playbook") or str(Path(sys.executable).parent / "ansible-playbook")
     cmd = [ansible, "-i", str(inventory), str(play or REPO / "provision" / "site.yml"),
            "-e", json.dumps(variables)]

@@ -60,10 +60,13 @@ def local_box(golden, progress):
 def vagrant_env(tmp_path, local_box):
     from grader.vm.qemu import free_port
 
+    sys.path.insert(0, str(ROOT / "provision" / "image"))
+    import build_image
+
     port = free_port()
     while port > 60000:  # the loopback UDP tunnel uses port + 1 and port + 2
         port = free_port()
-    env = dict(os.environ,
+    env = dict(build_image.ansible_env(),  # the provisioner's ansible: Mitogen, timeouts
                VAGRANT_CWD=str(ROOT), VAGRANT_HOME=str(tmp_path / "vagrant.d"),
                VAGRANT_DOTFILE_PATH=str(tmp_path / "dotvagrant"), VAGRANT_DEFAULT_PROVIDER="libvirt",
                VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_NO_COLOR="1",
