@@ -111,11 +111,14 @@ def test_forged_records_fail_the_agreement_with_the_independent_trace(lab, lab_v
     c = checks(result)
     assert not c["agrees_with_trace"]["passed"]
     assert result["score"] < result["max_score"]
+    # the kernel addresses are not the ones the grader's own trace saw in this run
+    for name in ("copy1_kernel_side", "copy4_kernel_side"):
+        assert not c[name]["passed"], name
+        assert any(e["mark"] == "bad" and "does not describe this run" in e["text"]
+                   for e in c[name]["evidence"]), evidence_text(c[name])
     if kind == "replay":
-        # the replayed numbers agree with each other, so only the independent trace can tell
-        assert c["copy1_record"]["passed"] and c["copy4_record"]["passed"]
-        marks = {e["mark"] for cc in c.values() for e in cc["evidence"]}
-        assert "bad" in marks or "missing" in marks
+        # the replayed numbers agree with what the programs printed: only the trace can tell
+        assert c["programs_report"]["passed"]
 
 
 def test_compile_error_shows_the_build_log(lab, lab_vm, tmp_path):

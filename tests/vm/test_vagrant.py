@@ -52,8 +52,10 @@ def local_box(golden, progress):
 
     r = run_builder(progress, "--stage", "box")
     assert r.returncode == 0, r.stdout[-3000:]
-    assert (golden / "copylab.box").exists()
-    return golden
+    folder = Path(r.stdout.strip().splitlines()[-1].split("image: ", 1)[-1])
+    assert folder == golden, "the box must come from the golden image this session tests"
+    assert (folder / "copylab.box").exists()
+    return folder
 
 
 @pytest.fixture
