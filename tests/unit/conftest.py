@@ -67,7 +67,7 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
     if not os.path.exists(SSHD) or os.geteuid() != 0:
-        pytest.skip("needs root and /usr/sbin/sshd")
+        pytest.fail("the sshd tier needs root and /usr/sbin/sshd (openssh-server, from `make deps`)")
     tmp = tmp_path_factory.mktemp("sshd")
     host_key = keygen(tmp / "ssh_host_ed25519_key")
     client_key = keygen(tmp / "id_ed25519")

@@ -1,7 +1,8 @@
 """Lab 1 sources: skeleton generation, user programs, module builds, handin.
 
 No VM needed. Module builds use the Debian 12 target headers
-(/usr/src/linux-headers-6.1.0-50-amd64, override with COPYLAB_KDIR) and are skipped when absent.
+(/usr/src/linux-headers-6.1.0-50-amd64, override with COPYLAB_KDIR); `make deps` installs them,
+and their absence fails the tests (never a skip).
 """
 
 from __future__ import annotations
@@ -43,10 +44,20 @@ def _load(name: str, path: Path):
 subs = _load("lab1_submissions", REPO / "tests" / "fixtures" / "lab1_submissions.py")
 mkskeleton = _load("copylab_mkskeleton", TOOLS / "mkskeleton.py")
 
-needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
-needs_kdir = pytest.mark.skipif(
-    not (KDIR / "Makefile").is_file(), reason=f"no kernel headers at {KDIR}"
-)
+@pytest.fixture
+def _require_gcc():
+    # `make deps` installs build-essential: a missing compiler is a set-up failure, never a skip
+    assert shutil.which("gcc"), "gcc is not installed: run `make deps`"
+
+
+@pytest.fixture
+def _require_kdir():
+    assert (KDIR / "Makefile").is_file(), (
+        f"no kernel headers at {KDIR}: run `make deps` (installs linux-headers-6.1.0-50-amd64)")
+
+
+needs_gcc = pytest.mark.usefixtures("_require_gcc")
+needs_kdir = pytest.mark.usefixtures("_require_kdir")
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
@@ -159,8 +170,7 @@ def test_user_program_compiles(variant, prog, tmp_path):
 
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory):
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc not installed")
+    assert shutil.which("gcc"), "gcc is not installed: run `make deps`"
     d = tmp_path_factory.mktemp("progs")
     for prog in ("sender", "receiver"):
         r = gcc(LAB / "solution" / f"{prog}.c", d / prog)
