@@ -38,7 +38,7 @@ class QemuLabVM:
     """One pool VM: an overlay of the golden image with an internal snapshot of a booted, clean guest."""
 
     def __init__(self, golden: Path | None = None, workdir: Path | None = None, name: str = "lab",
-                 boot_timeout: float = 300.0, accel=None, progress=None):
+                 boot_timeout: float = 300.0, accel=None, progress=None, persistent: bool = False):
         self.golden = Path(golden) if golden else find_golden()
         self.manifest = json.loads((self.golden / "manifest.json").read_text())
         self.workdir = Path(workdir) if workdir else scratch_dir("copylab-pool-")
@@ -53,11 +53,19 @@ class QemuLabVM:
         self.prepared = False
         self.fresh = False  # True right after the clean snapshot was taken or restored
         self.last_reset_s: float | None = None
+        # persistent: the overlay with its clean snapshot and pinned host key outlives this object, so
+        # a restarted worker resumes the VM from the snapshot in seconds instead of booting it again
+        self.persistent = persistent
+        self.ready_file = self.workdir / f"{name}.ready.json"
 
     # -------------------------------------------------------- set-up
     def prepare(self) -> None:
         """First boot of this VM's overlay (its own host key), then the clean snapshot."""
         t = time.monotonic()
+        if self.persistent and self._resume():
+            self.progress(f"lab VM {self.vm.name} resumed from its clean snapshot in {time.monotonic() - t:.1f}s")
+            return
+        self.ready_file.unlink(missing_ok=True)
         self.progress("booting a lab VM from the golden image (first boot; ~1-2 min under TCG)")
         try:
             self.vm.create_overlay()
@@ -69,8 +77,33 @@ class QemuLabVM:
             raise
         self.prepared = True
         self.fresh = True
+        if self.persistent:
+            self.ready_file.write_text(json.dumps({"golden": str(self.golden), "hostkey": self.vm.hostkey,
+                                                   "snapshot": SNAPSHOT}))
         self.progress(f"lab VM ready in {time.monotonic() - t:.0f}s "
                       f"({self.vm.accel.accel}: {self.vm.accel.reason})")
+
+    def _resume(self) -> bool:
+        """Start QEMU from the overlay's clean snapshot (persistent VMs); False when there is none or it
+        does not come up, after which the caller boots a fresh overlay."""
+        try:
+            ready = json.loads(self.ready_file.read_text())
+        except (OSError, ValueError):
+            return False
+        if ready.get("golden") != str(self.golden) or not self.vm.overlay.exists() or not ready.get("hostkey"):
+            return False
+        try:
+            self.vm.hostkey = ready["hostkey"]
+            self.vm.start(loadvm=SNAPSHOT, wait=True)
+            self._wait_ready(timeout=60)
+        except (VMError, OSError) as e:
+            self.progress(f"lab VM {self.vm.name}: resuming the snapshot failed ({e}); booting afresh")
+            self.vm.kill()
+            self.vm.hostkey = None
+            return False
+        self.prepared = True
+        self.fresh = True
+        return True
 
     def _wait_ready(self, timeout: float = 120.0) -> None:
         """sshd answers before logins work (systemd-user-sessions): wait until the grader can log in."""
@@ -138,6 +171,16 @@ class QemuLabVM:
                 "arch": self.manifest.get("qemu_arch"), "image": self.golden.name}
 
     def close(self) -> None:
+        if self.persistent and self.prepared:
+            self.vm.stop()  # keep the overlay: its clean snapshot is resumed next time
+        else:
+            self.ready_file.unlink(missing_ok=True)
+            self.vm.destroy()
+
+    def discard(self) -> None:
+        """Stop the VM and delete its overlay (a dead or suspect VM is never resumed)."""
+        self.ready_file.unlink(missing_ok=True)
+        self.prepared = False
         self.vm.destroy()
 
     def __enter__(self):

@@ -135,6 +135,15 @@ def probe_accel(image: ImageSpec, workdir: Path, timeout: float = 12.0) -> Accel
             proc.stderr.close()
 
 
+def _die_with_parent() -> None:
+    """In the QEMU child: get SIGKILL when the process (thread) that started it dies, so a killed
+    grader or worker never leaves a QEMU behind."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _kill_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
     if proc.poll() is not None:
         return
@@ -259,7 +268,8 @@ class QemuVM:
         self._stderr_path = self.workdir / f"{self.name}.qemu.err"
         with open(self._stderr_path, "wb") as err:
             self._proc = subprocess.Popen(self._qemu_command(port, loadvm), stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+                                          stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                          preexec_fn=_die_with_parent)
         self._started_at = time.monotonic()
 
     def _wait_launched(self, timeout: float = 20.0) -> str | None:

@@ -1,0 +1,155 @@
+"""The Flask app factory. Nothing reads configuration or opens connections at import time."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from flask import Flask, jsonify, render_template, request
+from flask_login import LoginManager
+from flask_migrate import Migrate
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy import event
+
+from .config import Defaults, check_secret, resolve_paths
+from .models import User, db
+
+MIGRATIONS = str(Path(__file__).resolve().parent / "migrations")
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot run a service (the message says what to set)."""
+
+
+def _sqlite_pragmas(engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # pragma: no cover - exercised by every sqlite test
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.close()
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    app = Flask(__name__, instance_path=os.environ.get("GRADER_INSTANCE_PATH") or None,
+                instance_relative_config=True)
+    app.config.from_object(Defaults)
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_prefixed_env("GRADER")
+    if test_config:
+        app.config.update(test_config)
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    resolve_paths(app.config, app.instance_path)
+    production = not (app.config.get("TESTING") or app.debug or app.config.get("DEMO"))
+    app.config["PRODUCTION"] = production
+    problem = check_secret(app.config, production=False)
+    if problem:
+        raise ConfigError(problem)
+    uri = app.config["SQLALCHEMY_DATABASE_URI"]
+    if uri.startswith("sqlite"):
+        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"connect_args": {"timeout": 30}})
+    else:
+        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+
+    db.init_app(app)
+    Migrate(app, db, directory=MIGRATIONS, render_as_batch=True)
+    if uri.startswith("sqlite"):
+        with app.app_context():
+            _sqlite_pragmas(db.engine)
+    CSRFProtect(app)
+    _init_login(app)
+
+    from .dispatch import Dispatcher
+
+    app.extensions["copylab_dispatch"] = Dispatcher(app)
+
+    from .views import api, auth, instructor, student
+
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(student.bp)
+    app.register_blueprint(instructor.bp)
+    app.register_blueprint(api.bp)
+    app.extensions["csrf"].exempt(api.bp)  # bearer tokens only: no cookies, no CSRF
+
+    from . import cli
+
+    cli.register(app)
+    _errors(app)
+    from .views.common import register_filters
+
+    register_filters(app)
+    if not app.config.get("TESTING"):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return app
+
+
+def _init_login(app: Flask) -> None:
+    lm = LoginManager(app)
+    lm.login_view = "auth.login"
+    lm.login_message = "Please log in."
+    lm.session_protection = "strong"
+
+    @lm.user_loader
+    def load(user_key: str):
+        uid, _, epoch = user_key.partition(":")
+        if not uid.isdigit() or not epoch.lstrip("-").isdigit():
+            return None
+        user = db.session.get(User, int(uid))
+        if user is None or user.session_epoch != int(epoch) or not user.active:
+            return None
+        return user
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def _errors(app: Flask) -> None:
+    def respond(code: int, message: str):
+        if _wants_json():
+            return jsonify(error=message), code
+        return render_template("error.html", code=code, message=message), code
+
+    @app.errorhandler(CSRFError)
+    def csrf(e):
+        return respond(400, f"The form expired or was not sent by this site ({e.description}); reload the "
+                            "page and try again.")
+
+    @app.errorhandler(413)
+    def too_large(e):
+        return respond(413, f"The upload is larger than {app.config['MAX_CONTENT_LENGTH']} bytes.")
+
+    @app.errorhandler(404)
+    def not_found(e):
+        return respond(404, "Not found.")
+
+    @app.errorhandler(403)
+    def forbidden(e):
+        return respond(403, "You are not allowed to do that.")
+
+    @app.errorhandler(405)
+    def method(e):
+        return respond(405, "Method not allowed.")
+
+    @app.errorhandler(400)
+    def bad(e):
+        return respond(400, getattr(e, "description", None) or "Bad request.")
+
+    @app.errorhandler(500)
+    def server_error(e):
+        return respond(500, "Internal error; it has been logged.")
+
+
+def require_production_secret(app: Flask) -> None:
+    """`flask --app grader serve` and the WSGI entry call this: no missing or placeholder secret."""
+    if app.config.get("DEMO") or app.debug or app.config.get("TESTING"):
+        return
+    if app.config.get("SECRET_KEY_EPHEMERAL"):
+        raise ConfigError("GRADER_SECRET_KEY is not set; generate one with "
+                          "`python -c 'import secrets; print(secrets.token_urlsafe(48))'` and put it in "
+                          "the environment or the instance folder's config.py")
+    problem = check_secret(app.config, production=True)
+    if problem:
+        raise ConfigError(problem)

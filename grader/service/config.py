@@ -1,0 +1,83 @@
+"""Configuration: defaults here, then ``<instance>/config.py``, then ``GRADER_*`` environment variables,
+then the ``test_config`` passed to ``create_app``.
+
+Every key is documented where it is defined. Environment values are parsed as JSON when they parse
+(``GRADER_POOL_QEMU_VMS=2`` is an int), else kept as strings (Flask's ``from_prefixed_env``).
+"""
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+# Secret keys that must never sign sessions in production (copied from tutorials and our own docs).
+KNOWN_BAD_SECRETS = {"", "dev", "changeme", "change-me", "secret", "copylab", "please-change-me"}
+
+
+class Defaults:
+    # --- web
+    SECRET_KEY = None                      # required outside development: GRADER_SECRET_KEY
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    PERMANENT_SESSION_LIFETIME = 12 * 3600  # seconds a web login lasts
+    WTF_CSRF_TIME_LIMIT = 12 * 3600         # a form's CSRF token expires with the session
+    MAX_CONTENT_LENGTH = 2 * 1024 * 1024    # bytes: any request body larger than this is refused (413)
+    # --- storage (relative paths are inside the instance folder)
+    SQLALCHEMY_DATABASE_URI = None          # default: sqlite:///<instance>/grader.sqlite3
+    STORE_DIR = "store"                     # submissions (write-once) and grading artifacts
+    LABS_DIR = None                         # default: the kit's labs/ folder
+    # --- uploads
+    UPLOAD_MAX_ARCHIVE_BYTES = 1024 * 1024  # an uploaded archive
+    UPLOAD_MAX_MEMBERS = 64                 # members an archive may hold (the lab's files and clutter)
+    UPLOAD_MAX_UNPACKED_BYTES = 4 * 1024 * 1024  # all members together, unpacked
+    # --- queue and workers
+    QUEUE_URL = None                        # None: SQLite huey in the instance folder; redis://... across hosts
+    QUEUE_NAME = "copylab"
+    LEASE_SECONDS = 60                      # a running job whose worker stops heartbeating is requeued after this
+    HEARTBEAT_SECONDS = 10
+    RECONCILE_SECONDS = 15                  # how often a worker re-dispatches queued jobs with no message
+    MAX_ATTEMPTS = 3                        # infrastructure failures (VM would not boot, ...) before a job fails
+    BUSY_RETRY_SECONDS = 10                 # a job waits this long when the same student's job is running
+    PRIORITY_LIVE = 100                     # students waiting for feedback go first
+    PRIORITY_REGRADE = 10
+    WORKER_NAME = None                      # default: <hostname>-<instance hash>; one worker process per name
+    POOL_QEMU_VMS = 1                       # QEMU lab VMs from the golden image in this worker's pool
+    POOL_GOLDEN = None                      # golden image folder (default: newest in the image cache)
+    POOL_HOSTS = []                         # inventory hosts: [{"host", "port", "key", "known_hosts", "user"}]
+    POOL_VM_DIR = "vms"                     # per-VM overlays and pinned host keys (inside the instance folder)
+    # --- demo
+    DEMO = False
+
+
+def resolve_paths(config: dict, instance_path: str) -> None:
+    """Make the instance-relative paths absolute and fill the defaults that depend on the instance."""
+    inst = Path(instance_path)
+    if not config.get("SQLALCHEMY_DATABASE_URI"):
+        config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{inst / 'grader.sqlite3'}"
+    for key in ("STORE_DIR", "POOL_VM_DIR"):
+        p = Path(config[key])
+        config[key] = str(p if p.is_absolute() else inst / p)
+    if not config.get("LABS_DIR"):
+        config["LABS_DIR"] = str(Path(__file__).resolve().parents[2] / "labs")
+    if not config.get("WORKER_NAME"):
+        import hashlib
+        import socket
+
+        config["WORKER_NAME"] = f"{socket.gethostname()}-{hashlib.sha256(str(inst).encode()).hexdigest()[:8]}"
+
+
+def check_secret(config: dict, production: bool) -> str | None:
+    """None when the secret key is acceptable; else why not. Outside production, a missing key is
+    replaced by a random one for this process (sessions then end when it exits)."""
+    key = config.get("SECRET_KEY")
+    if isinstance(key, str) and key.strip().lower() in KNOWN_BAD_SECRETS:
+        return "GRADER_SECRET_KEY is a well-known placeholder; set a long random value"
+    if not key:
+        if production:
+            return ("GRADER_SECRET_KEY is not set; generate one with "
+                    "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`")
+        config["SECRET_KEY"] = secrets.token_urlsafe(48)
+        config["SECRET_KEY_EPHEMERAL"] = True
+        return None
+    if production and len(str(key)) < 32:
+        return "GRADER_SECRET_KEY is shorter than 32 characters"
+    return None

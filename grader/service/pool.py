@@ -1,0 +1,123 @@
+"""A pool of lab VMs: one grading job per VM at a time; a dead VM is replaced before its next job.
+
+Slots are filled lazily from factories (QEMU VMs from the golden image, inventory hosts). QEMU slots
+are persistent: their overlay keeps the clean snapshot, so a restarted worker resumes them in seconds.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger("grader.pool")
+
+
+@dataclass
+class Slot:
+    name: str
+    factory: Callable[[], object]
+    vm: object | None = None
+    jobs: int = 0
+    replaced: int = 0
+    busy_with: int | None = field(default=None)
+
+
+class PoolClosed(Exception):
+    pass
+
+
+class VMPool:
+    def __init__(self, slots: list[Slot]):
+        if not slots:
+            raise ValueError("the VM pool is empty: set GRADER_POOL_QEMU_VMS or GRADER_POOL_HOSTS")
+        self.slots = slots
+        self._free: queue.Queue[Slot] = queue.Queue()
+        for s in slots:
+            self._free.put(s)
+        self._closed = threading.Event()
+
+    @property
+    def size(self) -> int:
+        return len(self.slots)
+
+    @contextmanager
+    def lease(self, job_id: int | None = None, timeout: float | None = None):
+        """Yield a Slot whose ``vm`` is ready for the engine (it acquires/releases the VM itself)."""
+        if self._closed.is_set():
+            raise PoolClosed("the VM pool is shut down")
+        slot = self._free.get(timeout=timeout)
+        slot.busy_with = job_id
+        try:
+            if slot.vm is None:
+                slot.vm = slot.factory()
+            yield slot
+        finally:
+            slot.jobs += 1
+            slot.busy_with = None
+            if slot.vm is not None and not self._healthy(slot.vm):
+                self.replace(slot, "the VM died or could not be reset")
+            self._free.put(slot)
+
+    @staticmethod
+    def _healthy(vm) -> bool:
+        if not getattr(vm, "prepared", True):
+            return False
+        try:
+            return bool(vm.alive())
+        except Exception:  # noqa: BLE001
+            return False
+
+    def replace(self, slot: Slot, why: str) -> None:
+        log.warning("replacing VM %s: %s", slot.name, why)
+        vm, slot.vm = slot.vm, None
+        slot.replaced += 1
+        if vm is not None:
+            try:
+                (getattr(vm, "discard", None) or vm.close)()
+            except Exception as e:  # noqa: BLE001
+                log.warning("VM %s did not shut down cleanly: %s", slot.name, e)
+
+    def status(self) -> list[dict]:
+        return [{"name": s.name, "busy_with": s.busy_with, "jobs": s.jobs, "replaced": s.replaced,
+                 "up": s.vm is not None} for s in self.slots]
+
+    def close(self) -> None:
+        self._closed.set()
+        for s in self.slots:
+            if s.vm is not None:
+                try:
+                    s.vm.close()
+                except Exception as e:  # noqa: BLE001
+                    log.warning("VM %s did not shut down cleanly: %s", s.name, e)
+                s.vm = None
+
+
+def pool_from_config(config: dict, progress=None) -> VMPool:
+    """QEMU VMs (POOL_QEMU_VMS of them, from POOL_GOLDEN or the newest cached golden image) and
+    inventory hosts (POOL_HOSTS)."""
+    from grader.vm.labvm import QemuLabVM, StaticHostVM, find_golden
+
+    slots: list[Slot] = []
+    n = int(config.get("POOL_QEMU_VMS") or 0)
+    if n:
+        golden = Path(config["POOL_GOLDEN"]) if config.get("POOL_GOLDEN") else find_golden()
+        vmdir = Path(config["POOL_VM_DIR"])
+        for i in range(n):
+            name = f"vm{i + 1}"
+
+            def factory(name=name):
+                return QemuLabVM(golden=golden, workdir=vmdir / name, name=name, persistent=True,
+                                 progress=progress)
+            slots.append(Slot(name, factory))
+    for h in config.get("POOL_HOSTS") or []:
+        name = f"{h['host']}:{h.get('port', 22)}"
+
+        def hfactory(h=h):
+            return StaticHostVM(host=h["host"], port=int(h.get("port", 22)), key=Path(h["key"]),
+                                known_hosts=Path(h["known_hosts"]), user=h.get("user", "grader"))
+        slots.append(Slot(name, hfactory))
+    return VMPool(slots)

@@ -1,0 +1,57 @@
+"""Accepting a submission (web form, API, batch): check access and quota, validate, store durably,
+then record it and queue its job in one transaction. The receipt exists only after all of that."""
+from __future__ import annotations
+
+from flask import current_app
+
+from . import jobs
+from .labs import lab_spec
+from .models import Assignment, Membership, Submission, User, db
+from .policy import check_quota
+from .store import Store
+from .uploads import Limits, UploadPart, validate_upload
+
+
+def limits_for(lab) -> Limits:
+    cfg = current_app.config
+    return Limits(file_bytes=lab.max_file_bytes, archive_bytes=int(cfg["UPLOAD_MAX_ARCHIVE_BYTES"]),
+                  members=int(cfg["UPLOAD_MAX_MEMBERS"]), unpacked_bytes=int(cfg["UPLOAD_MAX_UNPACKED_BYTES"]))
+
+
+def is_member(user: User, assignment: Assignment) -> bool:
+    return db.session.execute(db.select(Membership).filter_by(cohort_id=assignment.cohort_id, user_id=user.id)
+                              ).scalar_one_or_none() is not None
+
+
+def accept(user: User, assignment: Assignment, parts: list[UploadPart], source: str, *,
+           kind: str = "live", batch_id: int | None = None, enforce_quota: bool = True):
+    """Returns (submission, job). Raises UploadRejected / QuotaExceeded with the student's message."""
+    lab = lab_spec(assignment.lab)
+    if enforce_quota:
+        check_quota(assignment, user.id)
+    files = validate_upload(parts, lab.files, limits_for(lab))
+    store = Store(current_app.config["STORE_DIR"])
+    key, digest, per_file = store.put_submission(files)
+    try:
+        import json
+
+        sub = Submission(user_id=user.id, assignment_id=assignment.id, sha256=digest,
+                         files_json=json.dumps(per_file), size=sum(len(b) for b in files.values()),
+                         storage_key=key, source=source)
+        db.session.add(sub)
+        db.session.flush()
+        cfg = current_app.config
+        prio = int(cfg["PRIORITY_LIVE"] if kind == "live" else cfg["PRIORITY_REGRADE"])
+        job = jobs.enqueue(sub, kind, prio, batch_id=batch_id)
+        db.session.commit()
+    except BaseException:
+        db.session.rollback()
+        store.remove(key)
+        raise
+    dispatch(job)
+    return sub, job
+
+
+def dispatch(job) -> None:
+    if current_app.extensions["copylab_dispatch"].send(job.id, job.priority):
+        jobs.mark_dispatched([job.id])

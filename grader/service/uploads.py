@@ -1,0 +1,201 @@
+"""Validation of untrusted uploads, before anything is stored or run.
+
+An upload is either the lab's files as separate file fields, or one archive (tar, tar.gz or zip,
+recognised by content, not by name). Accepted: exactly the lab's file names, regular files, within
+the size caps, UTF-8 text without NUL bytes. Everything else is refused with a message that names the
+offending field or member. Nothing is written to disk here: the result is a dict name -> bytes.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+
+class UploadRejected(ValueError):
+    """The upload cannot be accepted; str() is the message for the student."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    file_bytes: int           # one lab file
+    archive_bytes: int        # the uploaded archive
+    members: int              # archive members (directories included)
+    unpacked_bytes: int       # everything an archive unpacks to
+
+
+@dataclass
+class UploadPart:
+    field: str                # form field name
+    filename: str             # the client's file name (untrusted, only used in messages and checks)
+    data: bytes
+
+
+class _Budget(io.RawIOBase):
+    """A read-only stream that refuses to deliver more than `limit` bytes (decompression bombs)."""
+
+    def __init__(self, raw, limit: int):
+        self.raw, self.left = raw, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self.raw.readinto(b) if hasattr(self.raw, "readinto") else None
+        if n is None:
+            data = self.raw.read(len(b))
+            n = len(data)
+            b[:n] = data
+        self.left -= n
+        if self.left < 0:
+            raise UploadRejected("the archive unpacks to more than the allowed size")
+        return n
+
+
+def _printable(name: str) -> str:
+    return repr(name[:80])
+
+
+def check_text(name: str, data: bytes, limits: Limits) -> None:
+    if len(data) == 0:
+        raise UploadRejected(f"{name} is empty")
+    if len(data) > limits.file_bytes:
+        raise UploadRejected(f"{name} is larger than {limits.file_bytes} bytes")
+    if b"\0" in data:
+        raise UploadRejected(f"{name} is not a text file (it contains NUL bytes)")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UploadRejected(f"{name} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                             "save it as UTF-8") from None
+
+
+def _member_name(raw: str, allowed: set[str]) -> str:
+    if "\0" in raw or len(raw) > 255:
+        raise UploadRejected(f"archive member {_printable(raw)} has an invalid name")
+    p = PurePosixPath(raw.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts or (p.parts and p.parts[0].endswith(":")):
+        raise UploadRejected(f"archive member {_printable(raw)} has a path that escapes the upload")
+    if p.name not in allowed:
+        raise UploadRejected(f"archive member {_printable(raw)} is not one of this lab's files "
+                             f"({', '.join(sorted(allowed))})")
+    return p.name
+
+
+def _from_tar(data: bytes, allowed: set[str], limits: Limits) -> dict[str, bytes]:
+    raw = io.BytesIO(data)
+    stream = _Budget(gzip.GzipFile(fileobj=raw) if data[:2] == b"\x1f\x8b" else raw,
+                     limits.unpacked_bytes + 64 * 1024)
+    found: dict[str, bytes] = {}
+    count = 0
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(stream), mode="r|") as tar:
+            for m in tar:
+                count += 1
+                if count > limits.members:
+                    raise UploadRejected(f"the archive has more than {limits.members} members")
+                if m.isdir():
+                    _check_dir_name(m.name)
+                    continue
+                name = _member_name(m.name, allowed)
+                if not m.isreg():
+                    raise UploadRejected(f"archive member {_printable(m.name)} is not a regular file "
+                                         "(links and devices are refused)")
+                if m.size > limits.file_bytes:
+                    raise UploadRejected(f"{name} is larger than {limits.file_bytes} bytes")
+                if name in found:
+                    raise UploadRejected(f"the archive holds {name} twice")
+                f = tar.extractfile(m)
+                found[name] = f.read(limits.file_bytes + 1) if f else b""
+    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as e:
+        raise UploadRejected(f"the archive is damaged or not a tar/zip archive ({type(e).__name__})") from None
+    return found
+
+
+def _check_dir_name(raw: str) -> None:
+    p = PurePosixPath(raw.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts:
+        raise UploadRejected(f"archive member {_printable(raw)} has a path that escapes the upload")
+
+
+def _from_zip(data: bytes, allowed: set[str], limits: Limits) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            infos = z.infolist()
+            if len(infos) > limits.members:
+                raise UploadRejected(f"the archive has more than {limits.members} members")
+            total = 0
+            for info in infos:
+                if info.is_dir():
+                    _check_dir_name(info.filename)
+                    continue
+                name = _member_name(info.filename, allowed)
+                mode = (info.external_attr >> 16) & 0o170000
+                if mode not in (0, 0o100000):
+                    raise UploadRejected(f"archive member {_printable(info.filename)} is not a regular "
+                                         "file (links and devices are refused)")
+                if info.flag_bits & 0x1:
+                    raise UploadRejected(f"archive member {_printable(info.filename)} is encrypted")
+                if info.file_size > limits.file_bytes:
+                    raise UploadRejected(f"{name} is larger than {limits.file_bytes} bytes")
+                if name in found:
+                    raise UploadRejected(f"the archive holds {name} twice")
+                with z.open(info) as f:
+                    body = f.read(limits.file_bytes + 1)
+                total += len(body)
+                if total > limits.unpacked_bytes:
+                    raise UploadRejected("the archive unpacks to more than the allowed size")
+                found[name] = body
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError,
+            RuntimeError) as e:
+        raise UploadRejected(f"the archive is damaged or uses an unsupported zip feature "
+                             f"({type(e).__name__})") from None
+    return found
+
+
+def unpack_archive(data: bytes, allowed: set[str], limits: Limits) -> dict[str, bytes]:
+    if len(data) == 0:
+        raise UploadRejected("the archive is empty")
+    if len(data) > limits.archive_bytes:
+        raise UploadRejected(f"the archive is larger than {limits.archive_bytes} bytes")
+    if data[:4] == b"PK\x03\x04" or data[:4] == b"PK\x05\x06":
+        return _from_zip(data, allowed, limits)
+    if data[:2] == b"\x1f\x8b" or (len(data) >= 512 and data[257:262] == b"ustar"):
+        return _from_tar(data, allowed, limits)
+    raise UploadRejected("the archive is not a .tar, .tar.gz or .zip file")
+
+
+def validate_upload(parts: list[UploadPart], lab_files: list[str], limits: Limits) -> dict[str, bytes]:
+    """The lab's files from an upload (one archive field, or one field per file)."""
+    allowed = set(lab_files)
+    expected = ", ".join(lab_files)
+    if not parts:
+        raise UploadRejected(f"no files were uploaded: send {expected}, or one archive holding them")
+    archives = [p for p in parts if p.field == "archive"]
+    if archives:
+        if len(parts) != 1:
+            raise UploadRejected("send either one archive or the separate files, not both")
+        found = unpack_archive(archives[0].data, allowed, limits)
+    else:
+        found = {}
+        for p in parts:
+            if p.field not in allowed:
+                raise UploadRejected(f"unexpected upload field {_printable(p.field)}: this lab takes "
+                                     f"{expected} (or one archive)")
+            base = PurePosixPath((p.filename or "").replace("\\", "/")).name
+            if p.filename and base != p.field:
+                raise UploadRejected(f"the file for {p.field} is named {_printable(p.filename)}; "
+                                     f"upload a file named {p.field}")
+            if p.field in found:
+                raise UploadRejected(f"{p.field} was uploaded twice")
+            found[p.field] = p.data
+    missing = [n for n in lab_files if n not in found]
+    if missing:
+        raise UploadRejected(f"the upload lacks {', '.join(missing)} (expected {expected})")
+    for name in lab_files:
+        check_text(name, found[name], limits)
+    return {n: found[n] for n in lab_files}

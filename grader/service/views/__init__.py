@@ -1,0 +1,1 @@
+"""Blueprints, one per audience: auth (log in/out), student, instructor, api (bearer tokens)."""

@@ -1,0 +1,64 @@
+"""Logging in and out of the web UI (session cookie; every form carries a CSRF token)."""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required, login_user, logout_user
+
+from ..models import User, db
+
+bp = Blueprint("auth", __name__)
+
+
+def _safe_next(target: str | None) -> str | None:
+    if not target:
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return None
+    return target
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    if current_user.is_authenticated:
+        return redirect(url_for("student.home"))
+    error = None
+    if request.method == "POST":
+        username = (request.form.get("username") or "").strip()
+        password = request.form.get("password") or ""
+        user = db.session.execute(db.select(User).filter_by(username=username)).scalar_one_or_none()
+        if user is None or not user.active or not user.check_password(password):
+            error = "Unknown user name or wrong password."
+        else:
+            login_user(user)
+            return redirect(_safe_next(request.args.get("next")) or url_for("student.home"))
+    return render_template("login.html", error=error), (401 if error else 200)
+
+
+@bp.route("/logout", methods=["POST"])
+@login_required
+def logout():
+    logout_user()
+    flash("You are logged out.")
+    return redirect(url_for("auth.login"))
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@login_required
+def password():
+    error = None
+    if request.method == "POST":
+        old, new = request.form.get("old") or "", request.form.get("new") or ""
+        if not current_user.check_password(old):
+            error = "The current password is wrong."
+        elif len(new) < 8:
+            error = "The new password must have at least 8 characters."
+        else:
+            current_user.set_password(new)  # also ends every other session of this account
+            db.session.commit()
+            login_user(current_user)
+            flash("Password changed; your other sessions are logged out.")
+            return redirect(url_for("student.home"))
+    return render_template("password.html", error=error), (400 if error else 200)

@@ -1,0 +1,142 @@
+"""What a student sees: their labs, upload, their submissions with every check and the trace table,
+their artifacts, and API tokens for `make handin`."""
+from __future__ import annotations
+
+import secrets
+
+from flask import (Blueprint, abort, current_app, flash, redirect, render_template, request,
+                   send_file, url_for)
+from flask_login import current_user, login_required
+
+from .. import jobs
+from ..gradebook import row_for
+from ..labs import lab_spec
+from ..models import ApiToken, Assignment, Membership, Submission, db, utcnow
+from ..policy import QuotaExceeded, effective_deadline
+from ..store import Store
+from ..submit import accept
+from ..uploads import UploadPart, UploadRejected
+from .common import assignment_for, submission_for
+
+bp = Blueprint("student", __name__)
+
+
+def form_parts() -> list[UploadPart]:
+    """Every part of the form that is a file; text fields named like files are refused later."""
+    parts = []
+    for field, storage in request.files.items(multi=True):
+        if not storage or (not storage.filename and field != "archive"):
+            continue  # an empty file input
+        cap = int(current_app.config["MAX_CONTENT_LENGTH"]) + 1
+        parts.append(UploadPart(field, storage.filename or "", storage.stream.read(cap)))
+    for field in request.form:
+        if field not in ("csrf_token", "cohort"):
+            raise UploadRejected(f"field {field[:40]!r} must be a file upload, not text")
+    return parts
+
+
+@bp.route("/")
+@login_required
+def home():
+    if current_user.is_instructor:
+        return redirect(url_for("instructor.home"))
+    assignments = db.session.execute(
+        db.select(Assignment).join(Membership, Membership.cohort_id == Assignment.cohort_id)
+        .where(Membership.user_id == current_user.id).order_by(Assignment.deadline)).scalars().all()
+    rows = [(a, row_for(a, current_user), effective_deadline(a, current_user.id)[0]) for a in assignments]
+    return render_template("student_home.html", rows=rows)
+
+
+@bp.route("/assignments/<int:assignment_id>")
+@login_required
+def assignment(assignment_id: int):
+    a = assignment_for(current_user, assignment_id)
+    subs = db.session.execute(db.select(Submission).where(
+        Submission.assignment_id == a.id, Submission.user_id == current_user.id)
+        .order_by(Submission.id.desc())).scalars().all()
+    deadline, extended = effective_deadline(a, current_user.id)
+    return render_template("assignment.html", a=a, lab=lab_spec(a.lab), subs=subs, deadline=deadline,
+                           extended=extended, row=row_for(a, current_user), now=utcnow(),
+                           latest_result=jobs.latest_result, active_job=jobs.active_job)
+
+
+@bp.route("/assignments/<int:assignment_id>/submit", methods=["POST"])
+@login_required
+def submit(assignment_id: int):
+    a = assignment_for(current_user, assignment_id)
+    if current_user.is_instructor:
+        abort(403)
+    try:
+        sub, _job = accept(current_user, a, form_parts(), "web")
+    except (UploadRejected, QuotaExceeded) as e:
+        flash(f"Not accepted: {e}", "error")
+        return redirect(url_for("student.assignment", assignment_id=a.id)), 303
+    flash(f"Received submission #{sub.id}; receipt sha256 {sub.sha256}. It is queued for grading.")
+    return redirect(url_for("student.submission", submission_id=sub.id), 303)
+
+
+@bp.route("/submissions/<int:submission_id>")
+@login_required
+def submission(submission_id: int):
+    sub = submission_for(current_user, submission_id)
+    result = jobs.latest_result(sub)
+    active = jobs.active_job(sub)
+    last_job = sub.jobs[-1] if sub.jobs else None
+    late = None
+    if sub.assignment:
+        from ..policy import lateness
+
+        late = lateness(sub.assignment, sub.user_id, sub.created_at)
+    return render_template("submission.html", sub=sub, result=result, data=result.data if result else None,
+                           active=active, last_job=last_job, late=late)
+
+
+@bp.route("/submissions/<int:submission_id>/artifacts/<name>")
+@login_required
+def artifact(submission_id: int, name: str):
+    sub = submission_for(current_user, submission_id)
+    result = jobs.latest_result(sub)
+    if result is None or not result.artifacts_key:
+        abort(404)
+    path = Store(current_app.config["STORE_DIR"]).artifact_path(result.artifacts_key, name)
+    if path is None:
+        abort(404)
+    return send_file(path, mimetype="text/plain", as_attachment=False, download_name=name)
+
+
+@bp.route("/submissions/<int:submission_id>/files/<name>")
+@login_required
+def source(submission_id: int, name: str):
+    sub = submission_for(current_user, submission_id)
+    if name not in sub.files:
+        abort(404)
+    path = Store(current_app.config["STORE_DIR"]).submission_dir(sub.storage_key) / name
+    return send_file(path, mimetype="text/plain", download_name=name)
+
+
+@bp.route("/tokens", methods=["GET", "POST"])
+@login_required
+def tokens():
+    new_token = None
+    if request.method == "POST":
+        name = (request.form.get("name") or "handin").strip()[:100]
+        new_token = "cl_" + secrets.token_urlsafe(32)
+        db.session.add(ApiToken(user_id=current_user.id, name=name, token_hash=ApiToken.hash(new_token),
+                                prefix=new_token[:10]))
+        db.session.commit()
+    mine = db.session.execute(db.select(ApiToken).where(ApiToken.user_id == current_user.id)
+                              .order_by(ApiToken.id.desc())).scalars().all()
+    return render_template("tokens.html", tokens=mine, new_token=new_token,
+                           url=request.host_url.rstrip("/"))
+
+
+@bp.route("/tokens/<int:token_id>/revoke", methods=["POST"])
+@login_required
+def revoke_token(token_id: int):
+    tok = db.session.get(ApiToken, token_id)
+    if tok is None or tok.user_id != current_user.id:
+        abort(404)
+    tok.revoked_at = tok.revoked_at or utcnow()
+    db.session.commit()
+    flash(f"Token {tok.prefix}... revoked.")
+    return redirect(url_for("student.tokens"), 303)
