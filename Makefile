@@ -50,7 +50,7 @@ test: deps
 	@date +%s > .test-session-start
 	$(MAKE) --no-print-directory image
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" COPYLAB_SESSION_START=$$(cat .test-session-start) \
-	  $(PYTEST) -ra -n 2 --dist load
+	  $(PYTEST) -ra -n 2 --dist loadgroup
 
 test-fast: deps
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTEST) -ra -m "not vm and not libvirt" tests/unit

@@ -1,4 +1,5 @@
-"""Command line: ``python -m grader grade LAB SUBMISSION [--vm ...] [--json]`` and ``python -m grader demo``.
+"""Command line: ``python -m grader grade LAB SUBMISSION [--vm ...] [--json]`` and ``python -m grader demo``
+(the service's own commands are ``flask --app grader ...``).
 
 Exit status: 0 when grading finished (whatever the score), 1 with a one-line reason when it could not
 grade, 2 for a usage error.
@@ -71,22 +72,11 @@ def grade_command(args) -> int:
 
 
 def demo_command(args) -> int:
-    """Bring up a lab VM from the golden image and grade the reference solution and the skeleton."""
-    from grader.engine.labspec import load_lab
-    from grader.engine.result import render_text
-    from grader.engine.run import grade
-    from grader.vm.labvm import QemuLabVM
+    """`make demo`: the grader service with a demo cohort, the lab 1 solution and skeleton graded on a
+    real lab VM, served on localhost (grader/service/demo.py)."""
+    from grader.service.demo import main as demo_main
 
-    lab = load_lab("lab1")
-    out = Path(args.out or tempfile.mkdtemp(prefix="copylab-demo-"))
-    with QemuLabVM(progress=_progress) as vm:
-        for name in ("solution", "skeleton"):
-            _progress(f"grading the lab 1 {name}")
-            o = grade(lab, vm, REPO / "labs" / "lab1" / name, out / name)
-            print(f"\n===== lab 1 {name}: {o.result['score']}/{o.result['max_score']} =====")
-            print(render_text(o.result))
-    print(f"\nresults: {out}/solution/result.json, {out}/skeleton/result.json")
-    return 0
+    return demo_main(instance=Path(args.out) if args.out else None, port=args.port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--out", help="folder for result.json and artifacts (default: a new temp folder)")
     g.add_argument("--json", action="store_true", help="print the result JSON instead of text")
     g.add_argument("--gradescope", action="store_true", help="also write a Gradescope results.json")
-    d = sub.add_parser("demo", help="boot a lab VM and grade the reference solution and the skeleton")
-    d.add_argument("--out")
+    d = sub.add_parser("demo", help="the grader service with a demo cohort, the lab 1 solution and skeleton "
+                                    "graded on a lab VM, served on localhost")
+    d.add_argument("--out", help="instance folder (default build/demo-instance; replaced)")
+    d.add_argument("--port", type=int, help="port on 127.0.0.1 (default 8000, else a free one)")
     args = ap.parse_args(argv)
     try:
         return {"grade": grade_command, "demo": demo_command}[args.cmd](args)

@@ -114,7 +114,7 @@ def student_results(assignment: Assignment, user: User) -> dict:
     for s in subs:
         results = [res for j in s.jobs if (res := j.result) is not None]
         history.append({"submission": s.id, "submitted_at_utc": s.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        "sha256": s.sha256, "files": s.files, "source": s.source,
+                        "sha256": s.receipt, "content_sha256": s.sha256, "files": s.files, "source": s.source,
                         "jobs": [{"id": j.id, "kind": j.kind, "state": j.state, "attempts": j.attempts,
                                   "error": j.error} for j in s.jobs],
                         "results": [res.data for res in results]})

@@ -120,7 +120,9 @@ class Submission(db.Model):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id"))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    sha256: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))          # content digest of the lab's files
+    # sha256 of the archive exactly as uploaded (kept next to the files), None for separate files
+    upload_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     files_json: Mapped[str] = mapped_column(Text)            # {name: sha256}
     size: Mapped[int] = mapped_column(Integer)
     storage_key: Mapped[str] = mapped_column(String(200), unique=True)
@@ -132,6 +134,12 @@ class Submission(db.Model):
     @property
     def files(self) -> dict[str, str]:
         return json.loads(self.files_json)
+
+    @property
+    def receipt(self) -> str:
+        """What the submitter can check against what they sent: the archive's sha256 when they sent
+        an archive, else the content digest of the files."""
+        return self.upload_sha256 or self.sha256
 
 
 JOB_STATES = ("queued", "running", "done", "failed", "superseded")

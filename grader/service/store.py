@@ -22,8 +22,12 @@ class Store:
         finally:
             os.close(fd)
 
-    def put_submission(self, files: dict[str, bytes]) -> tuple[str, str, dict[str, str]]:
-        """Write the files durably. Returns (storage key, sha256 receipt, per-file sha256)."""
+    UPLOAD_NAME = ".upload"  # the archive as received (never served: not a lab file name)
+
+    def put_submission(self, files: dict[str, bytes], upload: bytes | None = None
+                       ) -> tuple[str, str, dict[str, str]]:
+        """Write the files (and the archive as uploaded) durably. Returns (storage key, content
+        digest, per-file sha256)."""
         digest, per_file = submission_digest(files)
         key = f"submissions/{digest[:2]}/{digest[:16]}-{secrets.token_hex(8)}"
         final = self.root / key
@@ -31,7 +35,8 @@ class Store:
         tmp = final.parent / (".tmp-" + final.name)
         tmp.mkdir()
         try:
-            for name, data in files.items():
+            items = list(files.items()) + ([(self.UPLOAD_NAME, upload)] if upload is not None else [])
+            for name, data in items:
                 with open(tmp / name, "xb") as f:
                     f.write(data)
                     f.flush()

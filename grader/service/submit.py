@@ -31,11 +31,15 @@ def accept(user: User, assignment: Assignment, parts: list[UploadPart], source: 
         check_quota(assignment, user.id)
     files = validate_upload(parts, lab.files, limits_for(lab))
     store = Store(current_app.config["STORE_DIR"])
-    key, digest, per_file = store.put_submission(files)
+    upload = next((p.data for p in parts if p.field == "archive"), None)
+    key, digest, per_file = store.put_submission(files, upload)
     try:
         import json
 
+        import hashlib
+
         sub = Submission(user_id=user.id, assignment_id=assignment.id, sha256=digest,
+                         upload_sha256=hashlib.sha256(upload).hexdigest() if upload is not None else None,
                          files_json=json.dumps(per_file), size=sum(len(b) for b in files.values()),
                          storage_key=key, source=source)
         db.session.add(sub)

@@ -46,7 +46,8 @@ def submission_json(sub) -> dict:
     active = jobs.active_job(sub)
     last = sub.jobs[-1] if sub.jobs else None
     status = "graded" if result else (active.state if active else (last.state if last else "stored"))
-    out = {"id": sub.id, "lab": sub.assignment.lab, "sha256": sub.sha256, "files": sub.files,
+    out = {"id": sub.id, "lab": sub.assignment.lab, "sha256": sub.receipt, "content_sha256": sub.sha256,
+           "files": sub.files,
            "submitted_at_utc": sub.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"), "status": status,
            "url": url_for("student.submission", submission_id=sub.id, _external=True)}
     if result:
@@ -88,7 +89,7 @@ def submit(lab: str):
             resp.headers["Retry-After"] = str(e.retry_after)
         return resp, 429
     body = submission_json(sub)
-    body["receipt"] = f"submission {sub.id} stored; sha256 {sub.sha256}"
+    body["receipt"] = f"submission {sub.id} stored; sha256 {sub.receipt}"
     return jsonify(body), 201
 
 

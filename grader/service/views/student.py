@@ -71,7 +71,7 @@ def submit(assignment_id: int):
     except (UploadRejected, QuotaExceeded) as e:
         flash(f"Not accepted: {e}", "error")
         return redirect(url_for("student.assignment", assignment_id=a.id)), 303
-    flash(f"Received submission #{sub.id}; receipt sha256 {sub.sha256}. It is queued for grading.")
+    flash(f"Received submission #{sub.id}; receipt sha256 {sub.receipt}. It is queued for grading.")
     return redirect(url_for("student.submission", submission_id=sub.id), 303)
 
 

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: fd57aa401e71
+Revision ID: 66ff67e45401
 Revises: 
-Create Date: 2026-11-25 16:10:41.085987
+Create Date: 2026-11-25 16:19:13.387578
 
 """
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = 'fd57aa401e71'
+revision = '66ff67e45401'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -104,6 +104,7 @@ def upgrade():
     sa.Column('assignment_id', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('upload_sha256', sa.String(length=64), nullable=True),
     sa.Column('files_json', sa.Text(), nullable=False),
     sa.Column('size', sa.Integer(), nullable=False),
     sa.Column('storage_key', sa.String(length=200), nullable=False),

@@ -1,0 +1,32 @@
+"""A student's and an instructor's path through the service, with a stand-in runner."""
+from __future__ import annotations
+
+from conftest import make_worker, replay_runner, solution_files, upload_data
+
+
+def test_student_submits_and_sees_result(app, browser):
+    alice = browser("alice")
+    aid = app.ids["assignment"]
+    page = alice.get(f"/assignments/{aid}")
+    assert page.status_code == 200 and b"sender.c" in page.data
+    r = alice.post(f"/assignments/{aid}/submit", data=upload_data(solution_files()),
+                   content_type="multipart/form-data")
+    assert r.status_code == 303, r.data[:300]
+    sub_url = r.headers["Location"]
+    page = alice.get(sub_url).get_data(as_text=True)
+    assert "queued" in page and 'http-equiv="refresh"' in page
+    calls = []
+    w = make_worker(app, replay_runner(calls=calls))
+    assert w.drain(timeout=30) == 1
+    assert calls == [["copytrace.c", "receiver.c", "sender.c"]]
+    page = alice.get(sub_url).get_data(as_text=True)
+    assert "Score: <strong>100/100</strong>" in page
+    assert 'id="trace-table"' in page and "copy #1 _copy_from_iter" in page
+    assert alice.get(sub_url + "/artifacts/kmsg.txt").status_code == 200
+    teacher = browser("teacher")
+    dash = teacher.get(f"/instructor/assignments/{aid}").get_data(as_text=True)
+    assert "graded" in dash
+    svg = teacher.get(f"/instructor/assignments/{aid}/histogram.svg")
+    assert svg.mimetype == "image/svg+xml" and svg.data.count(b'class="bar"') == 10
+    csv = teacher.get(f"/instructor/assignments/{aid}/gradebook.csv").get_data(as_text=True)
+    assert "S1,alice,Alice" in csv and ",100,100,100,graded" in csv
