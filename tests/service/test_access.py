@@ -177,3 +177,35 @@ def test_login_errors_and_open_redirect(app, browser):
     r = b.c.post("/login?next=https://evil.example/", data={"username": "alice", "password": "alice-pass-1",
                                                               "csrf_token": csrf_of(page)})
     assert r.status_code == 302 and r.headers["Location"] == "/"
+
+
+def test_every_route_refuses_anonymous_and_students_where_it_should(app, browser, world):
+    """Enumerates the app's URL map, so a new route cannot escape the matrix: anonymous callers get a
+    login redirect (web) or 401 (API) everywhere but /login and static files; student routes that name
+    someone else's object answer 404; instructor routes answer 403 to students."""
+    from werkzeug.routing import BuildError  # noqa: F401
+
+    values = {"submission_id": world["sub"], "assignment_id": world["aid"], "cohort_id": world["cid"],
+              "token_id": 1, "user_id": app.ids["alice"], "name": "kmsg.txt", "lab": "lab1"}
+    public = {"auth.login", "static"}
+    anon, bob = browser(), browser("bob")
+    seen = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in public:
+            continue
+        url = rule.build({k: values[k] for k in rule.arguments}, append_unknown=False)[1]
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            seen.add(rule.endpoint)
+            r = anon.c.open(url, method=method)
+            if rule.endpoint.startswith("api."):
+                assert r.status_code == 401, (method, url, r.status_code)
+            elif method == "GET":
+                assert r.status_code == 302 and "/login" in r.headers["Location"], (method, url, r.status_code)
+            else:
+                assert r.status_code == 400 and b"form expired" in r.data, (method, url, r.status_code)
+            if rule.endpoint.startswith("instructor."):
+                rb = bob.c.open(url, method=method, data={"csrf_token": bob.token()} if method == "POST" else None)
+                assert rb.status_code == 403, (method, url, rb.status_code)
+            if rule.endpoint in ("student.submission", "student.artifact", "student.source"):
+                assert bob.get(url).status_code == 404, url
+    assert {"student.submit", "instructor.regrade", "api.submit", "auth.logout"} <= seen
