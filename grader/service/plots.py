@@ -5,7 +5,7 @@ from html import escape
 
 
 def histogram_svg(counts: list[int], max_score: float, title: str = "scores") -> str:
-    w, h, left, bottom, top = 560, 260, 40, 40, 24
+    w, h, left, bottom, top = 560, 280, 40, 40, 44
     n = len(counts)
     peak = max(counts) if counts and max(counts) else 1
     bw = (w - left - 10) / n

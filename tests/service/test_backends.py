@@ -82,8 +82,18 @@ def test_two_workers_over_redis_grade_each_job_once(pg_app):
             expected.append(submit(pg_app, user, kind="regrade"))
     live = [submit(pg_app, "alice"), submit(pg_app, "bob")]
     calls_a, calls_b = [], []
-    wa = make_worker(pg_app, replay_runner(delay=0.2, calls=calls_a))
-    wb = make_worker(pg_app, replay_runner(delay=0.2, calls=calls_b))
+    b_started = threading.Event()
+    run_a, run_b = replay_runner(delay=0.2, calls=calls_a), replay_runner(delay=0.2, calls=calls_b)
+
+    def runner_a(*args):          # host A holds its first job until host B has one: both hosts work
+        b_started.wait(30)
+        return run_a(*args)
+
+    def runner_b(*args):
+        b_started.set()
+        return run_b(*args)
+    wa = make_worker(pg_app, runner_a)
+    wb = make_worker(pg_app, runner_b)
     wa.name, wb.name = "host-a", "host-b"
     ca, cb = wa.start_consumer(), wb.start_consumer()
     try:
