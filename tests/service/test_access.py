@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from conftest import make_worker, replay_runner, solution_files, upload_data
+from tests.service.helpers import make_worker, replay_runner, solution_files, upload_data
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_api_access_matrix(app, world):
     # a session cookie does not authenticate the API
     alice_web = app.test_client()
     page = alice_web.get("/login").get_data(as_text=True)
-    from conftest import PASSWORDS, csrf_of
+    from tests.service.helpers import PASSWORDS, csrf_of
 
     alice_web.post("/login", data={"username": "alice", "password": PASSWORDS["alice"],
                                    "csrf_token": csrf_of(page)})
@@ -170,7 +170,7 @@ def test_forged_session_and_password_change_end_sessions(app, browser):
 def test_login_errors_and_open_redirect(app, browser):
     b = browser()
     page = b.get("/login").get_data(as_text=True)
-    from conftest import csrf_of
+    from tests.service.helpers import csrf_of
 
     r = b.c.post("/login", data={"username": "alice", "password": "wrong", "csrf_token": csrf_of(page)})
     assert r.status_code == 401 and b"wrong password" in r.data

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from conftest import make_worker, replay_runner, seed, solution_files
+from tests.service.helpers import make_worker, replay_runner, seed, solution_files
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """A student's and an instructor's path through the service, with a stand-in runner."""
 from __future__ import annotations
 
-from conftest import make_worker, replay_runner, solution_files, upload_data
+from tests.service.helpers import make_worker, replay_runner, solution_files, upload_data
 
 
 def test_student_submits_and_sees_result(app, browser):

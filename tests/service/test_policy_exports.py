@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import make_worker, replay_runner, solution_files, upload_data
+from tests.service.helpers import make_worker, replay_runner, solution_files, upload_data
 
 
 def set_assignment(app, **values):

@@ -5,7 +5,7 @@ import datetime as dt
 
 import pytest
 
-from conftest import make_worker, replay_runner, solution_files
+from tests.service.helpers import make_worker, replay_runner, solution_files
 
 
 @pytest.fixture

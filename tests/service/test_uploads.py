@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import solution_files
+from tests.service.helpers import solution_files
 
 GOOD = solution_files()
 

@@ -35,7 +35,7 @@ def test_base_image_builds_from_nothing(golden_build, progress, tmp_path):
     golden, built_this_session = golden_build
     base = Path(json.loads((golden / "manifest.json").read_text())["base"])
     built = json.loads((base / "manifest.json").read_text())
-    from conftest import run_builder
+    from tests.vm.conftest import run_builder
 
     if not built_this_session:
         progress("the image came from the cache: building a base image from nothing into a new cache")

@@ -48,7 +48,7 @@ def ensure_libvirtd(progress):
 
 @pytest.fixture(scope="module")
 def local_box(golden, progress):
-    from conftest import run_builder
+    from tests.vm.conftest import run_builder
 
     r = run_builder(progress, "--stage", "box")
     assert r.returncode == 0, r.stdout[-3000:]
