@@ -9,7 +9,7 @@ PYTEST := $(VENV)/bin/pytest
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST_PACKAGES := $(shell grep -v '^\s*\#' provision/host-packages.txt | grep -v '^\s*$$')
 
-.PHONY: help deps apt-deps venv image box demo test test-fast lint clean-cache
+.PHONY: help deps apt-deps venv image box demo test test-fast bench lint clean-cache
 
 help:
 	@echo "make demo       bring up a lab VM and grade the reference solution"
@@ -17,6 +17,7 @@ help:
 	@echo "make test-fast  unit tests and the local sshd tier only (no VM)"
 	@echo "make image      build or reuse the golden lab-VM image (cache: \$$COPYLAB_CACHE or ~/.cache/copylab)"
 	@echo "make box        export the golden image as a libvirt Vagrant box"
+	@echo "make bench      run the benchmarks (README section Benchmarks; BENCH_ARGS=--skip-cold etc.)"
 	@echo "make lint       ansible-lint the provisioning"
 
 deps: apt-deps venv
@@ -54,6 +55,10 @@ test: deps
 
 test-fast: deps
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTEST) -ra -m "not vm and not libvirt" tests/unit
+
+# Figures with their targets, written to bench/results/ and the README; never timed test assertions.
+bench: image
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m bench $(BENCH_ARGS)
 
 lint: venv
 	cd provision && ../$(VENV)/bin/ansible-lint --offline

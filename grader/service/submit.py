@@ -2,6 +2,9 @@
 then record it and queue its job in one transaction. The receipt exists only after all of that."""
 from __future__ import annotations
 
+import hashlib
+import json
+
 from flask import current_app
 
 from . import jobs
@@ -34,10 +37,6 @@ def accept(user: User, assignment: Assignment, parts: list[UploadPart], source: 
     upload = next((p.data for p in parts if p.field == "archive"), None)
     key, digest, per_file = store.put_submission(files, upload)
     try:
-        import json
-
-        import hashlib
-
         sub = Submission(user_id=user.id, assignment_id=assignment.id, sha256=digest,
                          upload_sha256=hashlib.sha256(upload).hexdigest() if upload is not None else None,
                          files_json=json.dumps(per_file), size=sum(len(b) for b in files.values()),

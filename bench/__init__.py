@@ -1,0 +1,1 @@
+"""copylab benchmarks (`make bench`): figures with their targets, never timed assertions in tests."""

@@ -1,0 +1,152 @@
+"""`make bench` (python -m bench): runs the benchmarks, writes bench/results/latest.json and
+latest.md, and replaces the figures between the bench markers in README.md.
+
+    python -m bench [--only floor,burst,scaling,provisioning] [--pairs 3] [--burst 1000]
+                    [--skip-cold] [--no-readme]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def machine() -> dict:
+    kvm = os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
+    return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
+            "machine": platform.machine(), "kernel": platform.release(), "python": platform.python_version(),
+            "kvm_device": kvm}
+
+
+def rows_for(r: dict) -> list[tuple[str, str, str, bool | None]]:
+    """(figure, value, target, met) rows of the report."""
+    out = []
+    f = r.get("floor")
+    if f:
+        out.append(("grading run vs floor, median ratio b/a (per pair: "
+                    + ", ".join(f"{p['ratio']:.2f}" for p in f["pairs"]) + ")",
+                    f"{f['ratio_median']:.3f} (grader {f['grader_median_s']:.1f} s, floor {f['floor_median_s']:.1f} s)",
+                    "<= 1.10", f["ratio_median"] <= 1.10))
+        out.append(("VM reset: restore until SSH answers, median of "
+                    f"{len(f['reset_s'])}", f"{f['reset_median_s']:.2f} s", "<= 2 s", f["reset_median_s"] <= 2.0))
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in f["grader_phases_median_s"].items())
+        out.append(("grading run phases, median seconds", phases, "", None))
+        steps = ", ".join(f"{k} {v:.1f}" for k, v in f["floor_steps_median_s"].items())
+        out.append(("floor steps, median seconds", steps, "", None))
+    b = r.get("burst")
+    if b:
+        out.append((f"deadline burst: {b['submissions']} submissions within {b['window_s']:.0f} s, acceptance "
+                    "latency p50 / p99", f"{b['p50_ms']} ms / {b['p99_ms']} ms (max {b['max_ms']} ms)",
+                    "p99 < 200 ms", b["p99_ms"] is not None and b["p99_ms"] < 200))
+        lost = b["lost"] + (b["submissions"] - b["accepted"])
+        out.append(("deadline burst: lost (not accepted, not stored, not intact, not queued exactly once)",
+                    f"{lost} (accepted {b['accepted']}, stored intact {b['stored_intact']}, with one job "
+                    f"{b['submissions_with_one_job']}, queue messages {b['queue_messages_for_queued_jobs']})",
+                    "0", lost == 0 and b["submissions_with_one_job"] == b["submissions"]
+                    and b["queue_messages_for_queued_jobs"] == b["submissions"]))
+    s = r.get("scaling")
+    if s:
+        for row in s["rows"][1:]:
+            out.append((f"pool scaling: {row['slots']} slots vs 1 (replayed {s['replayed_seconds_per_job']} s "
+                        f"jobs, time scale {s['time_scale']})",
+                        f"{row['jobs_per_minute_real_time']} jobs/min, efficiency {row['efficiency']:.3f}",
+                        ">= 0.9", row["efficiency"] >= 0.9))
+    p = r.get("provisioning")
+    if p:
+        c = p["cold"]
+        src = "measured now" if c["measured"] else c["source"]
+        out.append((f"cold image build, base + golden ({src})",
+                    f"{c['wall_s'] / 60:.1f} min (base {c['base_s'].get('total')} s, golden "
+                    f"{c['golden_s'].get('total')} s)", "", None))
+        rr = p["rerun"]
+        out.append(("playbook re-run on a provisioned VM", f"{rr['seconds']:.0f} s, changed={rr['recap'].get('changed')}",
+                    "< 60 s, changed=0", rr["seconds"] < 60 and rr["recap"].get("changed") == 0))
+    return out
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    accel = (r.get("floor") or {}).get("accel") or ((r.get("provisioning") or {}).get("rerun") or {}).get("accel")
+    lines = [f"Last run: {m['date']}, {m['cpus']} CPUs ({m['machine']}), host kernel {m['kernel']}, "
+             f"lab VMs under **{(accel or '?').upper()}**"
+             + ("" if m["kvm_device"] else " (no usable /dev/kvm)") + ".", "",
+             "| figure | value | target | met |", "| --- | --- | --- | --- |"]
+    for fig, val, tgt, met in rows_for(r):
+        lines.append(f"| {fig} | {val} | {tgt} | {'' if met is None else ('yes' if met else '**no**')} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(md: str) -> None:
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit("README.md lacks the bench markers")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(head + BEGIN + "\n" + md + END + tail)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench")
+    ap.add_argument("--only", default="floor,burst,scaling,provisioning")
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--resets", type=int, default=5)
+    ap.add_argument("--burst", type=int, default=1000)
+    ap.add_argument("--window", type=float, default=60.0)
+    ap.add_argument("--skip-cold", action="store_true", help="report the cached image's recorded build times")
+    ap.add_argument("--no-readme", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    sys.path.insert(0, str(REPO))
+    only = set(args.only.split(","))
+    result: dict = {"machine": machine()}
+    if "floor" in only:
+        from bench import floor
+
+        say(f"floor vs grader: {args.pairs} pairs on one lab VM")
+        result["floor"] = floor.measure(pairs=args.pairs, resets=args.resets, progress=say)
+    if "burst" in only:
+        from bench import burst
+
+        result["burst"] = burst.measure(n=args.burst, window=args.window, progress=say)
+        say(f"burst: p50 {result['burst']['p50_ms']} ms, p99 {result['burst']['p99_ms']} ms")
+    if "scaling" in only:
+        from bench import scaling
+
+        phases = None
+        if result.get("floor"):
+            phases = result["floor"]["grader_phases_median_s"]
+        result["scaling"] = scaling.measure(phases=phases, progress=say)
+    if "provisioning" in only:
+        from bench import provisioning
+
+        cold = provisioning.cached_build_figures() if args.skip_cold else provisioning.cold_build(progress=say)
+        say("provisioning: re-running the playbook on a provisioned VM")
+        result["provisioning"] = {"cold": cold, "rerun": provisioning.rerun(progress=say)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    md = markdown(result)
+    (RESULTS / "latest.md").write_text(md)
+    print("\n" + md)
+    if not args.no_readme and only >= {"floor", "burst", "scaling", "provisioning"}:
+        update_readme(md)
+        say("README.md benchmark section updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
