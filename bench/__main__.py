@@ -114,15 +114,22 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     only = set(args.only.split(","))
     result: dict = {"machine": machine()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    partial = RESULTS / "partial.json"
+
+    def save() -> None:  # after every part: a failure later loses nothing measured
+        partial.write_text(json.dumps(result, indent=2, default=str) + "\n")
     if "floor" in only:
         from bench import floor
 
         say(f"floor vs grader: {args.pairs} pairs on one lab VM")
         result["floor"] = floor.measure(pairs=args.pairs, resets=args.resets, progress=say)
+        save()
     if "burst" in only:
         from bench import burst
 
         result["burst"] = burst.measure(n=args.burst, window=args.window, progress=say)
+        save()
         say(f"burst: p50 {result['burst']['p50_ms']} ms, p99 {result['burst']['p99_ms']} ms")
     if "scaling" in only:
         from bench import scaling
@@ -131,13 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         if result.get("floor"):
             phases = result["floor"]["grader_phases_median_s"]
         result["scaling"] = scaling.measure(phases=phases, progress=say)
+        save()
     if "provisioning" in only:
         from bench import provisioning
 
         cold = provisioning.cached_build_figures() if args.skip_cold else provisioning.cold_build(progress=say)
         say("provisioning: re-running the playbook on a provisioned VM")
         result["provisioning"] = {"cold": cold, "rerun": provisioning.rerun(progress=say)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
+        save()
+    partial.unlink(missing_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     md = markdown(result)
     (RESULTS / "latest.md").write_text(md)

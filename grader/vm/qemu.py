@@ -189,7 +189,15 @@ class QemuVM:
 
     @property
     def monitor_path(self) -> Path:
-        return self.workdir / f"{self.name}.monitor"
+        """Next to the overlay, unless that path is too long for a UNIX socket (108 bytes on Linux):
+        then in the temp folder, under a name derived from the overlay's path."""
+        p = self.workdir / f"{self.name}.monitor"
+        if len(str(p).encode()) < 100:
+            return p
+        import hashlib
+
+        digest = hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"copylab-{digest}.monitor"
 
     @property
     def known_hosts(self) -> Path:
