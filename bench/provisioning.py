@@ -39,8 +39,8 @@ def cold_build(progress=print) -> dict:
         if proc.wait() != 0:
             raise RuntimeError("the cold image build failed:\n" + "".join(tail))
         wall = time.monotonic() - t0
-        golden = next(Path(cache, "images").glob("golden-*"))
-        base = next(Path(cache, "images").glob("base-*"))
+        golden = next(p for p in Path(cache, "images").glob("golden-*") if (p / "manifest.json").is_file())
+        base = next(p for p in Path(cache, "images").glob("base-*") if (p / "manifest.json").is_file())
         gm = json.loads((golden / "manifest.json").read_text())
         bm = json.loads((base / "manifest.json").read_text())
     return {"measured": True, "wall_s": round(wall), "base_s": bm["seconds"], "golden_s": gm["seconds"],
