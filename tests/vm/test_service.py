@@ -19,19 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from grader.vm.qemu import free_port
+
 from tests.service.servers import chromium_browser  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.xdist_group("service_vm"), pytest.mark.vm]
 STUDENT_PW, TEACHER_PW = "student-pass-1", "teacher-pass-1"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Service:
