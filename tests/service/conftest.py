@@ -14,7 +14,6 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.service.servers import chromium_browser, postgres_server, redis_server  # noqa: E402,F401
 from tests.service.helpers import Browser, seed  # noqa: E402
 
 

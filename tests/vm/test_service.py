@@ -21,7 +21,6 @@ import pytest
 
 from grader.vm.qemu import free_port
 
-from tests.service.servers import chromium_browser  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.xdist_group("service_vm"), pytest.mark.vm]
