@@ -38,6 +38,15 @@ def infrastructure_failure(result: dict) -> str | None:
     return None
 
 
+def vm_fault(vm) -> str | None:
+    """The VM's own report of a failure that is not the submission's (e.g. QEMU killed from outside
+    while grading): whatever the engine concluded, such a run is retried, never scored."""
+    try:
+        return (getattr(vm, "infrastructure_fault", None) or (lambda: None))()
+    except Exception as e:  # noqa: BLE001
+        return f"the VM's state could not be read: {e}"
+
+
 def engine_runner(lab, vm, submission_dir: Path, outdir: Path) -> dict:
     from grader.engine.run import grade
 
@@ -50,12 +59,12 @@ class Heartbeat(threading.Thread):
         self.app, self.job_id, self.token = app, job_id, token
         self.phase: str | None = None
         self.lost = threading.Event()
-        self._stop = threading.Event()
+        self._halt = threading.Event()  # not _stop: that name is threading.Thread's own method
 
     def run(self) -> None:
         every = float(self.app.config["HEARTBEAT_SECONDS"])
         lease = int(self.app.config["LEASE_SECONDS"])
-        while not self._stop.wait(every):
+        while not self._halt.wait(every):
             try:
                 with self.app.app_context():
                     if not jobs.heartbeat(self.job_id, self.token, lease, self.phase):
@@ -65,7 +74,7 @@ class Heartbeat(threading.Thread):
                 log.warning("heartbeat for job %s failed: %s", self.job_id, e)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
 
 class Worker:
@@ -114,7 +123,7 @@ class Worker:
             with self.pool.lease(job_id) as slot:
                 hb.phase = f"grading on {slot.name}"
                 result = self.runner(lab, slot.vm, subdir, outdir)
-                why = infrastructure_failure(result)
+                why = vm_fault(slot.vm) or infrastructure_failure(result)
                 if why:
                     self.pool.replace(slot, why)
                     raise InfrastructureFailure(f"{slot.name}: {why}")

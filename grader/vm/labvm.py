@@ -147,6 +147,8 @@ class QemuLabVM:
         excerpt = self.vm.crash_excerpt()
         if excerpt:
             return excerpt
+        if self.infrastructure_fault():
+            return None   # not the guest's doing: no crash verdict for the submission
         if self.prepared and not self.vm.running():
             tail = self.vm.serial_text()[-2000:]
             return "QEMU ended unexpectedly (the guest powered off or rebooted)\n" + tail
@@ -154,6 +156,10 @@ class QemuLabVM:
 
     def alive(self) -> bool:
         return self.vm.running() and self.vm.crash_excerpt() is None
+
+    def infrastructure_fault(self) -> str | None:
+        """Why this VM failed for reasons that are not the submission's (QEMU stopped from outside)."""
+        return self.vm.stopped_from_outside()
 
     def release(self, dirty: bool) -> None:
         # Every acquire starts from the clean snapshot anyway; reset a dirty VM now so that it is
@@ -168,7 +174,7 @@ class QemuLabVM:
 
     def environment(self) -> dict:
         return {"accel": self.vm.accel.accel if self.vm.accel else None,
-                "arch": self.manifest.get("qemu_arch"), "image": self.golden.name}
+                "arch": self.manifest.get("qemu_arch"), "image": self.golden.name, "vm": self.vm.name}
 
     def close(self) -> None:
         if self.persistent and self.prepared:

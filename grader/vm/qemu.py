@@ -177,6 +177,7 @@ class QemuVM:
     hostkey: str | None = None  # "ssh-ed25519 AAAA...", pinned from the console
     _proc: subprocess.Popen | None = field(default=None, repr=False)
     _serial_mark: int = 0
+    _stopping: bool = field(default=False, repr=False)   # this object is stopping QEMU itself
 
     # ------------------------------------------------------------------ paths
     @property
@@ -242,6 +243,8 @@ class QemuVM:
 
     def _qemu_command(self, port: int, loadvm: str | None) -> list[str]:
         arch = self.image.arch
+        if "," in str(self.serial_log) or "," in str(self.overlay):
+            raise VMStartError(f"QEMU option values cannot hold a comma: {self.workdir}")
         accel = self.accel.accel if self.accel else "tcg"
         netdev = f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22"
         if self.restrict_network:
@@ -259,7 +262,9 @@ class QemuVM:
             "-nodefaults", "-display", "none", "-no-reboot",
             "-drive", f"file={self.overlay},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
             "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0",
-            "-serial", f"file:{self.serial_log}",
+            # append, never truncate: the offset marks (_serial_mark, mark_serial) stay valid across
+            # restarts of this VM, and an earlier boot's crash text is kept as evidence
+            "-chardev", f"file,id=serial0,path={self.serial_log},append=on", "-serial", "chardev:serial0",
             "-monitor", f"unix:{self.monitor_path},server=on,wait=off",
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
             "-append", self.image.cmdline,
@@ -274,6 +279,7 @@ class QemuVM:
         # keep the serial log across restarts (crash evidence); mark where this boot starts
         self._serial_mark = self.serial_log.stat().st_size if self.serial_log.exists() else 0
         self._stderr_path = self.workdir / f"{self.name}.qemu.err"
+        self._stopping = False
         with open(self._stderr_path, "wb") as err:
             self._proc = subprocess.Popen(self._qemu_command(port, loadvm), stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
@@ -304,6 +310,24 @@ class QemuVM:
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    def stopped_from_outside(self) -> str | None:
+        """Why QEMU is gone when neither this object nor the guest ended it, else None.
+
+        A guest that panics or powers off makes QEMU exit by itself (status 0, ``-no-reboot``); a
+        signal from someone else (an operator, the OOM killer, a fault drill) kills it (negative
+        status) or makes it print "terminating on signal". That is the grading host's failure,
+        never the submission's.
+        """
+        if self._proc is None or self._stopping or self._proc.poll() is None:
+            return None
+        rc = self._proc.returncode
+        if rc < 0:
+            return f"QEMU was killed by signal {-rc} from outside the grader"
+        m = re.search(r"terminating on signal (\d+)[^\n]*", self._stderr_text())
+        if m:
+            return f"QEMU was stopped from outside the grader ({m.group(0)})"
+        return None
 
     def wait_ssh(self, timeout: float) -> None:
         """Wait until sshd answers and the host key is pinned; raise VMCrashed/VMStartError otherwise."""
@@ -403,10 +427,12 @@ class QemuVM:
     # ------------------------------------------------------------- teardown
     def kill(self) -> None:
         if self._proc is not None:
+            self._stopping = True
             _kill_group(self._proc)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Quit QEMU (no guest shutdown: the overlay is disposable or snapshotted)."""
+        self._stopping = True
         if self.running():
             try:
                 self.monitor("quit", timeout=5)

@@ -179,3 +179,27 @@ def test_consumer_threads_grade_everything_once(app, submit):
     counts = [len(results_of(app, s)) for s in subs]
     assert counts == [1, 1, 1], counts
     assert len(calls) == 3
+
+
+def test_a_vm_stopped_from_outside_mid_run_is_retried_not_scored(app, submit):
+    """QEMU killed by someone else while grading: whatever the engine concluded, no result is kept
+    for that attempt; the job runs again on a replaced VM and is scored once."""
+    from tests.service.helpers import StandInVM
+
+    sub, jid = submit()
+    vms = []
+
+    class FirstKilled(StandInVM):   # the pool's first VM is killed from outside during its run
+        def __init__(self):
+            super().__init__()
+            vms.append(self)
+
+        def infrastructure_fault(self):
+            return "QEMU was killed by signal 9 from outside the grader" if self is vms[0] else None
+
+    w = make_worker(app, replay_runner())
+    w.pool.slots[0].factory = FirstKilled
+    w.drain(timeout=30)
+    assert job_state(app, jid) == ("done", 2)
+    assert len(results_of(app, sub)) == 1
+    assert w.pool.slots[0].replaced == 1 and len(vms) == 2

@@ -18,3 +18,49 @@ def test_long_workdir_moves_the_socket_to_a_short_stable_path():
     a, b = vm_in(deep), vm_in(deep)
     assert len(str(a.monitor_path)) < 100 and a.monitor_path == b.monitor_path
     assert a.monitor_path != vm_in(deep / "other").monitor_path
+
+
+# --- who stopped QEMU: the guest, the runner, or someone else --------------------------------------
+# A real process stands in for the QEMU binary: what is tested is how its end is told apart.
+
+def _with_process(tmp_path: Path, script: str) -> QemuVM:
+    import subprocess
+
+    vm = vm_in(tmp_path)
+    vm._stderr_path = tmp_path / "err"
+    vm._stderr_path.write_text("")
+    vm._proc = subprocess.Popen(["sh", "-c", script], start_new_session=True,
+                                stderr=open(vm._stderr_path, "wb"))
+    return vm
+
+
+def test_a_signal_from_outside_is_not_the_guests_doing(tmp_path):
+    import os
+    import signal
+
+    vm = _with_process(tmp_path, "sleep 30")
+    assert vm.stopped_from_outside() is None           # still running
+    os.kill(vm._proc.pid, signal.SIGKILL)
+    vm._proc.wait(10)
+    assert "killed by signal 9" in vm.stopped_from_outside()
+
+
+def test_qemu_reporting_a_terminating_signal_is_from_outside(tmp_path):
+    vm = _with_process(tmp_path, "echo 'qemu-system-x86_64: terminating on signal 15 from pid 4242 (bash)' >&2")
+    vm._proc.wait(10)
+    assert "terminating on signal 15" in vm.stopped_from_outside()
+
+
+def test_the_guest_ending_qemu_or_the_runner_stopping_it_is_not(tmp_path):
+    vm = _with_process(tmp_path, "exit 0")              # -no-reboot after a panic or a power-off
+    vm._proc.wait(10)
+    assert vm.stopped_from_outside() is None
+    vm = _with_process(tmp_path, "sleep 30")
+    vm.kill()                                           # the runner's own stop
+    assert vm.stopped_from_outside() is None
+
+
+def test_the_serial_log_is_appended_not_truncated(tmp_path):
+    cmd = vm_in(tmp_path)._qemu_command(2222, None)
+    assert f"file,id=serial0,path={tmp_path}/golden.serial.log,append=on" in cmd
+    assert "-serial" in cmd and cmd[cmd.index("-serial") + 1] == "chardev:serial0"
