@@ -6,20 +6,15 @@ Both tests share one running service (and its one pool VM) and run on the same x
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import secrets
-import signal
-import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from grader.vm.qemu import free_port
+from grader.service.harness import ServiceProcesses
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,116 +22,18 @@ pytestmark = [pytest.mark.xdist_group("service_vm"), pytest.mark.vm]
 STUDENT_PW, TEACHER_PW = "student-pass-1", "teacher-pass-1"
 
 
-class Service:
-    """The web process and the worker process of one instance folder."""
-
-    def __init__(self, instance: Path, golden: Path, progress):
-        self.instance = instance
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.progress = progress
-        self.env = dict(os.environ, GRADER_INSTANCE_PATH=str(instance), PYTHONUNBUFFERED="1")
-        instance.mkdir(parents=True, exist_ok=True)
-        (instance / "config.py").write_text(
-            f"SECRET_KEY = {secrets.token_urlsafe(48)!r}\nPOOL_GOLDEN = {str(golden)!r}\nPOOL_QEMU_VMS = 1\n"
-            "HEARTBEAT_SECONDS = 2\nLEASE_SECONDS = 30\nRECONCILE_SECONDS = 5\n")
-        self.web = self.worker = None
-        self.starts = 0
-
-    def flask(self, *args: str, input: str | None = None, env: dict | None = None) -> str:
-        r = subprocess.run([sys.executable, "-m", "flask", "--app", "grader", *args], cwd=ROOT,
-                           env=dict(self.env, **(env or {})), input=input, capture_output=True, text=True,
-                           timeout=120)
-        assert r.returncode == 0, f"flask {' '.join(args)}: {r.stdout}\n{r.stderr}"
-        return r.stdout
-
-    def setup(self) -> None:
-        self.flask("init-db")
-        self.flask("create-instructor", "teacher", "--name", "Teacher", env={"GRADER_NEW_PASSWORD": TEACHER_PW})
-        self.flask("create-cohort", "vmcohort")
-        roster = self.instance / "roster.csv"
-        roster.write_text("student_number,name,email,username,password\n"
-                          f"S1,Student One,s1@example.invalid,s1,{STUDENT_PW}\n"
-                          f"S2,Student Two,s2@example.invalid,s2,{STUDENT_PW}\n")
-        self.flask("import-roster", "vmcohort", str(roster))
-        self.flask("add-lab", "vmcohort", "lab1", "--deadline", "2099-01-01T00:00")
-
-    def start(self) -> None:
-        self.starts += 1
-        logs = self.instance / "logs"
-        logs.mkdir(exist_ok=True)
-        self.web = subprocess.Popen([sys.executable, "-m", "flask", "--app", "grader", "serve", "--port",
-                                     str(self.port)], cwd=ROOT, env=self.env, start_new_session=True,
-                                    stdout=open(logs / f"web{self.starts}.log", "wb"), stderr=subprocess.STDOUT)
-        self.worker = subprocess.Popen([sys.executable, "-m", "flask", "--app", "grader", "worker"], cwd=ROOT,
-                                       env=self.env, start_new_session=True,
-                                       stdout=open(logs / f"worker{self.starts}.log", "wb"),
-                                       stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(self.url + "/login", timeout=2)
-                return
-            except OSError:
-                time.sleep(0.3)
-        raise AssertionError(f"the web process did not answer: {self.log('web')}")
-
-    def log(self, which: str) -> str:
-        p = self.instance / "logs" / f"{which}{self.starts}.log"
-        return p.read_text(errors="replace")[-4000:] if p.exists() else ""
-
-    def kill(self) -> None:
-        for p in (self.web, self.worker):
-            if p and p.poll() is None:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait(10)
-
-    def stop(self) -> None:
-        for p in (self.worker, self.web):
-            if p and p.poll() is None:
-                os.killpg(p.pid, signal.SIGINT if p is self.worker else signal.SIGTERM)
-                try:
-                    p.wait(60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait(10)
-
-    def db(self, sql: str, *args):
-        with sqlite3.connect(self.instance / "grader.sqlite3", timeout=30) as c:
-            return c.execute(sql, args).fetchall()
-
-    def token(self, username: str) -> str:
-        from grader.service.models import ApiToken
-
-        tok = "cl_" + secrets.token_urlsafe(24)
-        uid = self.db("SELECT id FROM users WHERE username=?", username)[0][0]
-        self.db("INSERT INTO api_tokens (user_id, name, token_hash, prefix, created_at) "
-                "VALUES (?, 'test', ?, ?, datetime('now'))", uid, ApiToken.hash(tok), tok[:10])
-        return tok
-
-    def api(self, path: str, token: str) -> dict:
-        req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
-
-
-def qemu_pids(instance: Path) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"{instance}/vms/"], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
-
-
 @pytest.fixture(scope="module")
 def service(golden, progress, tmp_path_factory):
-    s = Service(tmp_path_factory.mktemp("service") / "instance", golden, progress)
-    s.setup()
+    s = ServiceProcesses(tmp_path_factory.mktemp("service") / "instance", golden, progress)
+    s.setup("vmcohort", [("s1", STUDENT_PW), ("s2", STUDENT_PW)], ("teacher", TEACHER_PW))
     s.start()
     yield s
     s.stop()
     s.kill()
     deadline = time.monotonic() + 15
-    while qemu_pids(s.instance) and time.monotonic() < deadline:
+    while s.qemu_pids() and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert qemu_pids(s.instance) == [], "QEMU outlived the worker"
+    assert s.qemu_pids() == [], "QEMU outlived the worker"
 
 
 def test_browser_student_uploads_and_sees_score_instructor_sees_dashboard(service, chromium_browser, progress):
@@ -173,7 +70,7 @@ def test_browser_student_uploads_and_sees_score_instructor_sees_dashboard(servic
     assert "graded" in page.inner_text("#students")
     page.wait_for_function("document.getElementById('histogram').naturalWidth > 0")
     csv = page.request.get(page.url + "/gradebook.csv").text()
-    assert "S1,s1,Student One" in csv and ",100,100,100,graded" in csv
+    assert "N1,s1,Student s1" in csv and ",100,100,100,graded" in csv
     ctx.close()
 
 
@@ -216,9 +113,9 @@ def test_kill_worker_and_web_mid_job_then_restart(service, progress, tmp_path):
     progress("service: killing the worker and the web process in the middle of grading")
     service.kill()
     deadline = time.monotonic() + 15
-    while qemu_pids(service.instance) and time.monotonic() < deadline:
+    while service.qemu_pids() and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert qemu_pids(service.instance) == [], "QEMU outlived the killed worker"
+    assert service.qemu_pids() == [], "QEMU outlived the killed worker"
     t_restart = time.monotonic()
     service.start()
     deadline = time.monotonic() + 600
