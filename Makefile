@@ -9,7 +9,7 @@ PYTEST := $(VENV)/bin/pytest
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST_PACKAGES := $(shell grep -v '^\s*\#' provision/host-packages.txt | grep -v '^\s*$$')
 
-.PHONY: help deps apt-deps venv image box demo test test-fast bench lint clean-cache
+.PHONY: help deps apt-deps venv image box demo test test-fast bench faults lint clean-cache
 
 help:
 	@echo "make demo       bring up a lab VM and grade the reference solution"
@@ -18,6 +18,7 @@ help:
 	@echo "make image      build or reuse the golden lab-VM image (cache: \$$COPYLAB_CACHE or ~/.cache/copylab)"
 	@echo "make box        export the golden image as a libvirt Vagrant box"
 	@echo "make bench      run the benchmarks (README section Benchmarks; BENCH_ARGS=--skip-cold etc.)"
+	@echo "make faults     run the fault and abuse suite (README section Fault suite; FAULTS_ARGS=--only uploads etc.)"
 	@echo "make lint       ansible-lint the provisioning"
 
 deps: apt-deps venv
@@ -59,6 +60,10 @@ test-fast: deps
 # Figures with their targets, written to bench/results/ and the README; never timed test assertions.
 bench: image
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m bench $(BENCH_ARGS)
+
+# Crashes survived, restarts without loss, hostile uploads, access: figures, one per line (faults/results).
+faults: image
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m faults $(FAULTS_ARGS)
 
 lint: venv
 	cd provision && ../$(VENV)/bin/ansible-lint --offline

@@ -97,13 +97,9 @@ def markdown(r: dict) -> str:
 
 
 def update_readme(md: str) -> None:
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit("README.md lacks the bench markers")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(head + BEGIN + "\n" + md + END + tail)
+    from faults.report import replace_between
+
+    replace_between(REPO / "README.md", BEGIN, END, md)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ class HarnessError(RuntimeError):
 class ServiceProcesses:
     """The web process and the worker process of one instance folder (SQLite, huey on SQLite)."""
 
-    def __init__(self, instance: Path, golden: Path, progress=print, pool_vms: int = 1,
+    def __init__(self, instance: Path, golden: Path | None, progress=print, pool_vms: int = 1,
                  settings: dict | None = None):
         self.instance = Path(instance)
         self.port = free_port()
@@ -36,8 +36,11 @@ class ServiceProcesses:
         self.progress = progress
         self.env = dict(os.environ, GRADER_INSTANCE_PATH=str(self.instance), PYTHONUNBUFFERED="1")
         self.instance.mkdir(parents=True, exist_ok=True)
-        conf = {"SECRET_KEY": secrets.token_urlsafe(48), "POOL_GOLDEN": str(golden), "POOL_QEMU_VMS": pool_vms,
-                "HEARTBEAT_SECONDS": 2, "LEASE_SECONDS": 30, "RECONCILE_SECONDS": 5, **(settings or {})}
+        conf = {"SECRET_KEY": secrets.token_urlsafe(48), "HEARTBEAT_SECONDS": 2, "LEASE_SECONDS": 30,
+                "RECONCILE_SECONDS": 5}
+        if golden is not None:   # None: no worker will run (grading paused)
+            conf.update(POOL_GOLDEN=str(golden), POOL_QEMU_VMS=pool_vms)
+        conf.update(settings or {})
         (self.instance / "config.py").write_text("".join(f"{k} = {v!r}\n" for k, v in conf.items()))
         self.web: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None

@@ -1,0 +1,1 @@
+"""`make faults`: the fault and abuse suite (python -m faults); see README section Fault suite."""

@@ -1,0 +1,121 @@
+"""`make faults` (python -m faults): the fault and abuse suite. Writes faults/results/latest.json and
+latest.md (one figure per line) and the README section between the faults markers.
+
+    python -m faults [--only pool,webkill,hostkey,uploads,access] [--uploads 2000] [--pool-vms 2]
+                     [--kills worker=2,web=4,qemu=2] [--faults panic,hang,...] [--seed 1] [--no-readme]
+
+Parts: ``pool`` (kernel faults, user-space faults and restarts, on one service with a VM pool),
+``webkill`` (hand-ins in flight while the web process is killed again and again), ``hostkey``, ``uploads``, ``access``. Every loop is bounded in count and time; all traffic stays on
+this machine (127.0.0.1 and QEMU's user-mode network).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "faults" / "results"
+BEGIN, END = "<!-- faults:begin -->", "<!-- faults:end -->"
+PARTS = ["pool", "webkill", "hostkey", "uploads", "access"]
+# report order: the pool part's figures carry their own part names (kernel, user, restarts)
+ORDER = ["pool", "webkill", "uploads", "access", "hostkey"]
+
+
+def say(msg: str) -> None:
+    print(f"[faults {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m faults")
+    ap.add_argument("--only", default=",".join(PARTS))
+    ap.add_argument("--uploads", type=int, default=2000, help="hostile uploads and forms to generate")
+    ap.add_argument("--pool-vms", type=int, default=2)
+    ap.add_argument("--kills", default="worker=2,web=4,qemu=2")
+    ap.add_argument("--faults", default="", help="comma-separated fault names (default: all)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--no-readme", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    sys.path.insert(0, str(REPO))
+    from bench.__main__ import machine
+    from faults.report import markdown, replace_between
+
+    only = [p for p in PARTS if p in args.only.split(",")]
+    unknown = set(args.only.split(",")) - set(PARTS)
+    if unknown:
+        ap.error(f"unknown parts {', '.join(sorted(unknown))}; known: {', '.join(PARTS)}")
+    result: dict = {"machine": machine(), "seed": args.seed}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    golden = None
+    if {"pool", "hostkey"} & set(only):
+        from grader.vm.labvm import find_golden
+
+        golden = find_golden()
+        result["accel"] = _accel(golden)
+
+    def run(part: str, fn) -> None:
+        say(f"{part}: starting")
+        t = time.monotonic()
+        try:
+            result[part] = fn()
+        except Exception as e:  # noqa: BLE001 - a part that breaks is reported, the others still run
+            result[part] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=8)}
+            say(f"{part}: did not finish: {type(e).__name__}: {e}")
+        result[part]["seconds"] = round(time.monotonic() - t, 1)
+        (RESULTS / "partial.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        for f in result[part].get("figures", []):
+            say(f"  {f['part']}: {f['name']}: {f['value']}" + ("" if f["met"] is not False else "  OFF TARGET"))
+
+    if "pool" in only:
+        from faults import pool_run
+
+        kills = {k: int(v) for k, v in (kv.split("=") for kv in args.kills.split(",") if kv)}
+        run("pool", lambda: pool_run.measure(golden, pool_vms=args.pool_vms, kills=kills, seed=args.seed,
+                                             faults=[f for f in args.faults.split(",") if f] or None,
+                                             progress=say))
+    if "webkill" in only:
+        from faults import web_restarts
+
+        run("webkill", lambda: web_restarts.measure(seed=args.seed, progress=say))
+    if "hostkey" in only:
+        from faults import hostkey
+
+        run("hostkey", lambda: hostkey.measure(golden, progress=say))
+    if "uploads" in only:
+        from faults import uploads
+
+        run("uploads", lambda: uploads.measure(n=args.uploads, progress=say))
+    if "access" in only:
+        from faults import access
+
+        run("access", lambda: access.measure(progress=say))
+    result["wall_s"] = round(time.monotonic() - t0, 1)
+    (RESULTS / "partial.json").unlink(missing_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    md = markdown(result, ORDER)
+    (RESULTS / "latest.md").write_text(md)
+    print("\n" + md)
+    complete = set(only) == set(PARTS) and not args.faults
+    if not args.no_readme and complete:
+        replace_between(REPO / "README.md", BEGIN, END, md)
+        say("README.md fault-suite section updated")
+    off = [f for p in only for f in result[p].get("figures", []) if f["met"] is False]
+    broken = [p for p in only if result[p].get("error")]
+    say(f"{len(off)} figures off target, {len(broken)} parts did not finish, {result['wall_s'] / 60:.1f} min")
+    return 1 if broken else 0
+
+
+def _accel(golden: Path) -> str:
+    from grader.vm.qemu import _kvm_usable_device
+
+    return "kvm" if _kvm_usable_device() else "tcg"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The fault suite's own pieces (no VM): its hostile submissions build against the pinned headers,
+outcomes are classified as the report says, and the report has one figure per line."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from faults import submissions as subs
+from faults.report import Figure, markdown, ratio, replace_between, zero
+
+REPO = Path(__file__).resolve().parents[2]
+KDIR = Path(os.environ.get("COPYLAB_KDIR", "/usr/src/linux-headers-6.1.0-50-amd64"))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fault", subs.FAULTS, ids=lambda f: f.name)
+def test_fault_submission_builds(fault, tmp_path):
+    """Each fault is a real submission: it applies to today's solution and builds with the lab's
+    Makefile against the pinned 6.1 headers (the suite must fail at run time, not at build time)."""
+    assert (KDIR / "Makefile").is_file(), f"no kernel headers at {KDIR}: run `make deps`"
+    texts = subs.texts(fault)
+    assert texts != subs.texts(None)
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text)
+    for name in ("Makefile", "Kbuild"):
+        shutil.copy(REPO / "labs" / "lab1" / name, tmp_path / name)
+    r = subprocess.run(["make", "-C", str(tmp_path), f"KDIR={KDIR}"], capture_output=True, text=True, timeout=280)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "error:" not in r.stderr
+
+
+def _result(score=100, verdict=None, **status):
+    phases = [{"name": n, "status": status.get(n, "ok"), "detail": ""}
+              for n in ("acquire", "verify", "upload", "build", "trace_start", "load", "run", "collect",
+                        "unload", "release")]
+    return {"score": score, "max_score": 100, "verdict": verdict, "phases": phases}
+
+
+@pytest.mark.parametrize("result, expected", [
+    (_result(), "pass"),
+    (_result(score=85), "checks"),
+    (_result(score=30, verdict="kernel crashed during run", run="failed"), "crash"),
+    (_result(score=10, run="timeout"), "timeout:run"),
+    (_result(score=95, unload="timeout"), "timeout:unload"),
+    (_result(score=95, release="failed"), "checks"),   # release is the grader's, not a verdict
+])
+def test_outcome(result, expected):
+    assert subs.outcome(result) == expected
+
+
+def test_every_fault_names_what_counts_as_recognised():
+    names = [f.name for f in subs.FAULTS]
+    assert len(names) == len(set(names))
+    assert {f.part for f in subs.FAULTS} == {"kernel", "user"}
+    for f in subs.FAULTS:
+        assert f.expect and all(e == "crash" or e in ("pass", "checks") or ":" in e for e in f.expect), f
+
+
+def test_report_one_figure_per_line(tmp_path):
+    result = {"machine": {"date": "2026-11-25 19:00 UTC", "cpus": 2, "machine": "x86_64", "kernel": "6.1"},
+              "accel": "tcg", "wall_s": 600,
+              "pool": {"figures": [ratio("kernel", "crashes detected", 5, 6, "deadlock got pass").as_dict(),
+                                   zero("restarts", "submissions lost", 0).as_dict()]},
+              "hostkey": {"error": "RuntimeError: boom", "figures": []},
+              "uploads": {"figures": [Figure("uploads", "cases", "2000", "", None).as_dict()]}}
+    md = markdown(result, ["pool", "uploads", "hostkey"])
+    lines = md.splitlines()
+    assert lines[0].startswith("Last run: 2026-11-25") and "TCG" in lines[0] and "10.0 min" in lines[0]
+    assert "- kernel: crashes detected: **5/6** (target 6/6) **OFF TARGET**; deadlock got pass" in lines
+    assert "- restarts: submissions lost: **0** (target 0) ok" in lines
+    assert "- uploads: cases: **2000**" in lines
+    assert "- hostkey: **did not finish**: RuntimeError: boom" in lines
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- faults:begin -->\nold\n<!-- faults:end -->\nb\n")
+    replace_between(readme, "<!-- faults:begin -->", "<!-- faults:end -->", md)
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("a\n<!-- faults:begin -->\nLast run") and text.endswith(
+        "<!-- faults:end -->\nb\n")
+
+
+def test_an_empty_ratio_is_never_met():
+    assert ratio("kernel", "x", 0, 0).met is False
