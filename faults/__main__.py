@@ -67,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
         from grader.vm.labvm import find_golden
 
         golden = find_golden()
-        result["accel"] = _accel(golden)
 
     def run(part: str, fn) -> None:
         say(f"{part}: starting")
@@ -78,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             result[part] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=8)}
             say(f"{part}: did not finish: {type(e).__name__}: {e}")
         result[part]["seconds"] = round(time.monotonic() - t, 1)
+        if result[part].get("accel"):   # what the lab VMs really ran under (KVM can be present but refuse)
+            result["accel"] = result[part]["accel"]
         (RESULTS / "partial.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
         for f in result[part].get("figures", []):
             say(f"  {f['part']}: {f['name']}: {f['value']}" + ("" if f["met"] is not False else "  OFF TARGET"))
@@ -119,12 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     broken = [p for p in only if result[p].get("error")]
     say(f"{len(off)} figures off target, {len(broken)} parts did not finish, {result['wall_s'] / 60:.1f} min")
     return 1 if broken else 0
-
-
-def _accel(golden: Path) -> str:
-    from grader.vm.qemu import _kvm_usable_device
-
-    return "kvm" if _kvm_usable_device() else "tcg"
 
 
 if __name__ == "__main__":

@@ -62,5 +62,5 @@ def measure(golden: Path, progress=print) -> dict:
         Figure("hostkey", "the service treats that run as an infrastructure failure (retried, never scored)",
                "yes" if why else "no", "yes", bool(why), why or "").as_dict(),
     ]
-    return {"figures": figures, "old_key": old, "new_key": r.stdout.strip().split("\n")[-1][:120],
+    return {"figures": figures, "accel": result["environment"].get("accel"), "old_key": old, "new_key": r.stdout.strip().split("\n")[-1][:120],
             "verify": verify}

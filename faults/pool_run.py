@@ -240,7 +240,9 @@ def _figures(svc, rows, labels, clients, chaos, leaked, chosen, worker_log, wall
         (_taint_seq(r["result"])[0] or 0) != base_taint or (_taint_seq(r["result"])[1] or 0) > base_seq + 500)]
 
     figures: list[dict] = []
-    details: dict = {"faults": [], "kills": chaos.events, "wall_s": round(wall_s, 1)}
+    details: dict = {"faults": [], "kills": chaos.events, "wall_s": round(wall_s, 1),
+                     "accel": next((r["result"]["environment"].get("accel") for r in final.values() if r["result"]),
+                                   None)}
     for part in ("kernel", "user"):
         these = [f for f in chosen if f.part == part]
         right, after_ok, caught, notes_v, notes_a = 0, 0, [], [], []
