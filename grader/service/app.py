@@ -5,16 +5,36 @@ import logging
 import os
 from pathlib import Path
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, Request, jsonify, render_template, request
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy import event
+from werkzeug.exceptions import BadRequest
 
 from .config import Defaults, check_secret, resolve_paths
 from .models import User, db
 
 MIGRATIONS = str(Path(__file__).resolve().parent / "migrations")
+
+
+class FormRequest(Request):
+    """A form that cannot be parsed (multipart without its boundary or cut short, part headers that are
+    not UTF-8) answers 400 with the reason. Werkzeug would silently hand the view an empty form, which
+    then reads as "no files were uploaded" or "the CSRF token is missing"."""
+
+    def make_form_data_parser(self):
+        parser = super().make_form_data_parser()
+        parser.silent = False
+        return parser
+
+    def _load_form_data(self) -> None:
+        try:
+            super()._load_form_data()
+        except ValueError as e:
+            self.__dict__["form"] = self.parameter_storage_class()
+            self.__dict__["files"] = self.parameter_storage_class()
+            raise BadRequest(f"The form could not be read: it is not well-formed {self.mimetype} ({e}).") from None
 
 
 class ConfigError(RuntimeError):
@@ -35,6 +55,7 @@ def _sqlite_pragmas(engine) -> None:
 def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__, instance_path=os.environ.get("GRADER_INSTANCE_PATH") or None,
                 instance_relative_config=True)
+    app.request_class = FormRequest
     app.config.from_object(Defaults)
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env("GRADER")
@@ -119,7 +140,13 @@ def _errors(app: Flask) -> None:
 
     @app.errorhandler(413)
     def too_large(e):
-        return respond(413, f"The upload is larger than {app.config['MAX_CONTENT_LENGTH']} bytes.")
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        if request.content_length is not None and request.content_length <= limit:
+            # the form parser's limits, not the request's size
+            return respond(413, f"The form has more than {app.config['MAX_FORM_PARTS']} fields or more than "
+                                f"{app.config['MAX_FORM_MEMORY_SIZE']} bytes in a text field; send files as "
+                                "file uploads.")
+        return respond(413, f"The upload is larger than {limit} bytes.")
 
     @app.errorhandler(404)
     def not_found(e):

@@ -32,6 +32,13 @@ class ImportReport:
 
 
 def parse(text: str) -> list[dict]:
+    try:
+        return _parse(text)
+    except csv.Error as e:  # a field over csv.field_size_limit(), ...
+        raise RosterError([f"the file is not valid CSV ({e})"]) from None
+
+
+def _parse(text: str) -> list[dict]:
     errors: list[str] = []
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames:
@@ -56,7 +63,13 @@ def parse(text: str) -> list[dict]:
             row_errors.append(f"student_number {num!r} must be 1-64 letters, digits, '.', '_' or '-'")
         if not name:
             row_errors.append("name is empty")
-        if not EMAIL_RE.match(email):
+        elif len(name) > 200:
+            row_errors.append(f"name is longer than 200 characters ({len(name)})")
+        elif not name.isprintable():
+            row_errors.append(f"name {name[:40]!r} contains control characters")
+        if len(email) > 200:
+            row_errors.append(f"email is longer than 200 characters ({len(email)})")
+        elif not EMAIL_RE.match(email):
             row_errors.append(f"email {email!r} is not an email address")
         if not ID_RE.match(username):
             row_errors.append(f"username {username!r} must be 1-64 letters, digits, '.', '_' or '-'")

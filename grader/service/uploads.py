@@ -73,11 +73,16 @@ def check_text(name: str, data: bytes, limits: Limits) -> None:
                              "save it as UTF-8") from None
 
 
+def _escapes(p: PurePosixPath) -> bool:
+    """An absolute path, a path with .., or a drive (C:) prefix."""
+    return p.is_absolute() or ".." in p.parts or bool(p.parts and p.parts[0].endswith(":"))
+
+
 def _member_name(raw: str, allowed: set[str]) -> str:
     if "\0" in raw or len(raw) > 255:
         raise UploadRejected(f"archive member {_printable(raw)} has an invalid name")
     p = PurePosixPath(raw.replace("\\", "/"))
-    if p.is_absolute() or ".." in p.parts or (p.parts and p.parts[0].endswith(":")):
+    if _escapes(p):
         raise UploadRejected(f"archive member {_printable(raw)} has a path that escapes the upload")
     if p.name not in allowed:
         raise UploadRejected(f"archive member {_printable(raw)} is not one of this lab's files "
@@ -117,7 +122,7 @@ def _from_tar(data: bytes, allowed: set[str], limits: Limits) -> dict[str, bytes
 
 def _check_dir_name(raw: str) -> None:
     p = PurePosixPath(raw.replace("\\", "/"))
-    if p.is_absolute() or ".." in p.parts:
+    if _escapes(p):
         raise UploadRejected(f"archive member {_printable(raw)} has a path that escapes the upload")
 
 
@@ -150,6 +155,8 @@ def _from_zip(data: bytes, allowed: set[str], limits: Limits) -> dict[str, bytes
                 if total > limits.unpacked_bytes:
                     raise UploadRejected("the archive unpacks to more than the allowed size")
                 found[name] = body
+    except UnicodeDecodeError:
+        raise UploadRejected("an archive member's name is marked as UTF-8 but is not valid UTF-8") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError,
             RuntimeError) as e:
         raise UploadRejected(f"the archive is damaged or uses an unsupported zip feature "

@@ -40,6 +40,10 @@ def login():
 @bp.route("/logout", methods=["POST"])
 @login_required
 def logout():
+    # A session cookie is signed, not stored: a copy taken before logging out would still be good. A new
+    # session epoch ends it (and this account's other sessions, as a password change does).
+    current_user.session_epoch = (current_user.session_epoch or 0) + 1
+    db.session.commit()
     logout_user()
     flash("You are logged out.")
     return redirect(url_for("auth.login"))

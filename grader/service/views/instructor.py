@@ -25,7 +25,25 @@ def parse_utc(text: str) -> dt.datetime:
         text = text[:-1]
     value = dt.datetime.fromisoformat(text)
     if value.tzinfo is not None:
-        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        try:
+            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before the year 1 in UTC
+            raise ValueError(f"{text[:40]!r} is out of range") from None
+    return value
+
+
+def form_number(name: str, cast, default, low, high):
+    """The form field `name` as int or float (`cast`) within [low, high]; `default` when it is empty."""
+    text = (request.form.get(name) or "").strip()
+    if not text:
+        return default
+    try:
+        value = cast(text)
+    except ValueError:
+        value = None
+    if value is None or not (low <= value <= high):  # also NaN
+        kind = "a whole number" if cast is int else "a number"
+        raise ValueError(f"{name} must be {kind} from {low} to {high} (got {text[:40]!r})")
     return value
 
 
@@ -40,8 +58,8 @@ def home():
 @instructor_required
 def create_cohort():
     name = (request.form.get("name") or "").strip()
-    if not name or len(name) > 120:
-        flash("A cohort needs a name of 1-120 characters.", "error")
+    if not name or len(name) > 120 or not name.isprintable():
+        flash("A cohort needs a name of 1-120 printable characters.", "error")
     elif db.session.execute(db.select(Cohort).filter_by(name=name)).scalar_one_or_none():
         flash(f"A cohort named {name} exists already.", "error")
     else:
@@ -113,16 +131,16 @@ def create_assignment(cohort_id: int):
             raise ValueError(f"unknown lab {lab!r}")
         if db.session.execute(db.select(Assignment).filter_by(cohort_id=c.id, lab=lab)).scalar_one_or_none():
             raise ValueError(f"{lab} is already assigned to {c.name}")
+        try:
+            deadline = parse_utc(f.get("deadline"))
+        except ValueError:
+            raise ValueError("the deadline must look like 2026-12-01T23:59 (UTC)") from None
         a = Assignment(cohort_id=c.id, lab=lab, title=(f.get("title") or lab_spec(lab).title)[:200],
-                       deadline=parse_utc(f.get("deadline")),
-                       penalty_per_day=float(f.get("penalty_per_day") or 10),
-                       penalty_cap=float(f.get("penalty_cap") or 50),
-                       max_submissions=int(f.get("max_submissions") or 0),
-                       cooldown_seconds=int(f.get("cooldown_seconds") or 0))
-        if not (0 <= a.penalty_per_day <= 100 and 0 <= a.penalty_cap <= 100):
-            raise ValueError("penalties are percentages between 0 and 100")
-        if a.max_submissions < 0 or a.cooldown_seconds < 0:
-            raise ValueError("quota and cooldown cannot be negative")
+                       deadline=deadline,
+                       penalty_per_day=form_number("penalty_per_day", float, 10.0, 0, 100),
+                       penalty_cap=form_number("penalty_cap", float, 50.0, 0, 100),
+                       max_submissions=form_number("max_submissions", int, 0, 0, 1_000_000),
+                       cooldown_seconds=form_number("cooldown_seconds", int, 0, 0, 366 * 86400))
     except ValueError as e:
         flash(f"Not created: {e}", "error")
         return redirect(url_for("instructor.cohort", cohort_id=c.id), 303)
