@@ -1,0 +1,31 @@
+"""The fault suite's web parts (faults/uploads.py, faults/access.py) at small sizes: each starts the real
+web process on a private instance folder, and every figure it reports must meet its target."""
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def off_target(result: dict) -> list[dict]:
+    """The figures of a part's result that miss their target."""
+    return [f for f in result["figures"] if f["met"] is False]
+
+
+def test_hostile_uploads_part():
+    """60 hostile uploads and forms: all refused clearly, no server error, nothing stored or escaped."""
+    from faults import uploads
+
+    r = uploads.measure(n=60, progress=lambda msg: None)
+    assert r["figures"] and not off_target(r), off_target(r)
+    assert len(r["categories"]) >= 20 and r["store"]["hostile_rows"] == []
+
+
+def test_access_matrix_part():
+    """The whole route x credential matrix: no unauthorised read or write, every route covered."""
+    from faults import access
+
+    r = access.measure(progress=lambda msg: None)
+    assert r["figures"] and not off_target(r), off_target(r)
+    assert r["routes_without_rule"] == [] and r["requests"] > 1000
+    assert r["allowed_posts_that_changed_the_database"] > 0   # the write check sees writes
