@@ -67,9 +67,12 @@ class Clients:
 class Chaos(threading.Thread):
     """Kills from ``plan`` (a list of "worker", "web", "qemu") at random points of grading jobs."""
 
-    def __init__(self, svc: ServiceProcesses, plan: list[str], rng: random.Random, progress):
+    def __init__(self, svc: ServiceProcesses, plan: list[str], rng: random.Random, progress,
+                 expected_s: float = 600):
         super().__init__(daemon=True, name="chaos")
         self.svc, self.plan, self.rng, self.progress = svc, list(plan), rng, progress
+        # kills spread over the whole batch: the mean gap is the batch's expected length per kill
+        self.gap = max(15.0, expected_s / max(1, len(plan)) - 40)
         self.events: list[dict] = []
         self.stop_flag = threading.Event()
         self.lock = threading.Lock()      # held while a process is down and being restarted
@@ -81,7 +84,7 @@ class Chaos(threading.Thread):
 
     def run(self) -> None:
         for target in self.plan:
-            if self.stop_flag.wait(self.rng.uniform(15, 75)):   # spread over the batch
+            if self.stop_flag.wait(self.rng.uniform(0.5, 1.5) * self.gap):
                 return
             if target in ("worker", "qemu"):
                 while not self.running_jobs():
@@ -176,7 +179,8 @@ def measure(golden: Path, pool_vms: int = 2, kills: dict | None = None, seed: in
     svc.setup("faults", [(u, "pw-" + u + "-123456") for u in students], ("teacher", "teacher-pw-123456"))
     svc.start()
     clients = Clients(svc)
-    chaos = Chaos(svc, plan, rng, progress)
+    # under TCG a round of grading runs takes about 110 s (boot, ~60 s module build, run)
+    chaos = Chaos(svc, plan, rng, progress, expected_s=2 * 110 * len(rounds))
     labels: dict[int, str] = {}
     t_start = time.monotonic()
     it = iter(students)

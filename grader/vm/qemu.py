@@ -427,13 +427,14 @@ class QemuVM:
     # ------------------------------------------------------------- teardown
     def kill(self) -> None:
         if self._proc is not None:
-            self._stopping = True
+            if self._proc.poll() is None:
+                self._stopping = True   # only what this object ends is its own doing
             _kill_group(self._proc)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Quit QEMU (no guest shutdown: the overlay is disposable or snapshotted)."""
-        self._stopping = True
         if self.running():
+            self._stopping = True
             try:
                 self.monitor("quit", timeout=5)
                 self._proc.wait(timeout)

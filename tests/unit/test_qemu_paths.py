@@ -64,3 +64,16 @@ def test_the_serial_log_is_appended_not_truncated(tmp_path):
     cmd = vm_in(tmp_path)._qemu_command(2222, None)
     assert f"file,id=serial0,path={tmp_path}/golden.serial.log,append=on" in cmd
     assert "-serial" in cmd and cmd[cmd.index("-serial") + 1] == "chardev:serial0"
+
+
+def test_cleaning_up_after_an_outside_kill_keeps_the_reason(tmp_path):
+    """The lab VM's reset fails on a dead QEMU and calls kill(): the reason must survive that."""
+    import os
+    import signal
+
+    vm = _with_process(tmp_path, "sleep 30")
+    os.kill(vm._proc.pid, signal.SIGKILL)
+    vm._proc.wait(10)
+    vm.kill()
+    vm.stop()
+    assert "killed by signal 9" in vm.stopped_from_outside()
