@@ -121,7 +121,13 @@ class QemuLabVM:
         raise VMError(f"the lab VM answered SSH but the grader could not log in within {timeout:.0f}s: {last}")
 
     def reset(self) -> float:
+        t0, before = time.monotonic(), self.vm._proc
         t = self.vm.loadvm(SNAPSHOT)
+        if self.vm._proc is not before:
+            # QEMU had died (crash, outside kill) and a new one resumed the snapshot: wait until the
+            # grader can log in, not only until sshd sends its banner
+            self._wait_ready(timeout=60)
+            t = time.monotonic() - t0
         self.last_reset_s = t
         self.fresh = True
         return t
@@ -134,6 +140,7 @@ class QemuLabVM:
             self.reset()
         self.fresh = False
         self.vm.mark_serial()
+        self.vm.forget_outside_stop()
 
     @contextmanager
     def executor(self):

@@ -10,6 +10,7 @@ runner pins it from there, so no key is ever learned over the network.
 from __future__ import annotations
 
 import json
+import queue
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +146,40 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+class _Spawner:
+    """Start QEMU from one long-lived thread of this process.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process: a QEMU
+    forked from a grading thread (a huey worker thread, a test's thread) would be killed when that
+    thread finished. Forking every QEMU from this daemon thread ties them to the process instead.
+    """
+
+    _lock = threading.Lock()
+    _jobs: "queue.Queue | None" = None
+
+    @classmethod
+    def popen(cls, cmd: list[str], **kw) -> subprocess.Popen:
+        with cls._lock:
+            if cls._jobs is None:
+                cls._jobs = queue.Queue()
+                threading.Thread(target=cls._loop, args=(cls._jobs,), daemon=True, name="qemu-spawner").start()
+        answer: queue.Queue = queue.Queue(1)
+        cls._jobs.put((cmd, kw, answer))
+        ok, value = answer.get()
+        if not ok:
+            raise value
+        return value
+
+    @staticmethod
+    def _loop(jobs: "queue.Queue") -> None:
+        while True:
+            cmd, kw, answer = jobs.get()
+            try:
+                answer.put((True, subprocess.Popen(cmd, preexec_fn=_die_with_parent, **kw)))
+            except Exception as e:  # noqa: BLE001 - handed to the caller's thread
+                answer.put((False, e))
+
+
 def _kill_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
     if proc.poll() is not None:
         return
@@ -178,6 +214,7 @@ class QemuVM:
     _proc: subprocess.Popen | None = field(default=None, repr=False)
     _serial_mark: int = 0
     _stopping: bool = field(default=False, repr=False)   # this object is stopping QEMU itself
+    _outside: str | None = field(default=None, repr=False)  # why an earlier QEMU of this VM ended from outside
 
     # ------------------------------------------------------------------ paths
     @property
@@ -278,12 +315,12 @@ class QemuVM:
         self.monitor_path.unlink(missing_ok=True)
         # keep the serial log across restarts (crash evidence); mark where this boot starts
         self._serial_mark = self.serial_log.stat().st_size if self.serial_log.exists() else 0
+        self._outside = self._outside or self._outside_now()   # a restart must not erase why the last one ended
         self._stderr_path = self.workdir / f"{self.name}.qemu.err"
         self._stopping = False
         with open(self._stderr_path, "wb") as err:
-            self._proc = subprocess.Popen(self._qemu_command(port, loadvm), stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
-                                          preexec_fn=_die_with_parent)
+            self._proc = _Spawner.popen(self._qemu_command(port, loadvm), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         self._started_at = time.monotonic()
 
     def _wait_launched(self, timeout: float = 20.0) -> str | None:
@@ -312,13 +349,21 @@ class QemuVM:
         return self._proc is not None and self._proc.poll() is None
 
     def stopped_from_outside(self) -> str | None:
-        """Why QEMU is gone when neither this object nor the guest ended it, else None.
+        """Why QEMU ended (now, or before a restart since ``forget_outside_stop``) when neither this
+        object nor the guest ended it, else None.
 
         A guest that panics or powers off makes QEMU exit by itself (status 0, ``-no-reboot``); a
         signal from someone else (an operator, the OOM killer, a fault drill) kills it (negative
         status) or makes it print "terminating on signal". That is the grading host's failure,
         never the submission's.
         """
+        return self._outside_now() or self._outside
+
+    def forget_outside_stop(self) -> None:
+        """A new job starts: earlier outside stops are no longer its business."""
+        self._outside = None
+
+    def _outside_now(self) -> str | None:
         if self._proc is None or self._stopping or self._proc.poll() is None:
             return None
         rc = self._proc.returncode

@@ -77,3 +77,42 @@ def test_cleaning_up_after_an_outside_kill_keeps_the_reason(tmp_path):
     vm.kill()
     vm.stop()
     assert "killed by signal 9" in vm.stopped_from_outside()
+
+
+def test_a_restart_does_not_erase_an_outside_kill_until_the_next_job(tmp_path, monkeypatch):
+    """A reset after the kill starts a new QEMU from the snapshot: the job that was running still
+    learns that its VM was killed from outside; the next job (forget_outside_stop) does not."""
+    import os
+    import signal
+
+    vm = _with_process(tmp_path, "sleep 30")
+    os.kill(vm._proc.pid, signal.SIGKILL)
+    vm._proc.wait(10)
+    monkeypatch.setattr(QemuVM, "_qemu_command", lambda self, port, loadvm: ["sleep", "30"])
+    vm._launch(2222, "clean")                              # what loadvm() does when QEMU is gone
+    try:
+        assert vm.running()
+        assert "killed by signal 9" in vm.stopped_from_outside()
+        vm.forget_outside_stop()
+        assert vm.stopped_from_outside() is None
+    finally:
+        vm.kill()
+
+
+def test_qemu_outlives_the_thread_that_started_it(tmp_path, monkeypatch):
+    """PR_SET_PDEATHSIG is per thread: a QEMU started from a short-lived thread (a reset in a grading
+    thread) must live on after that thread ends, and die only with the process."""
+    import threading
+    import time
+
+    vm = vm_in(tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    monkeypatch.setattr(QemuVM, "_qemu_command", lambda self, port, loadvm: ["sleep", "30"])
+    t = threading.Thread(target=vm._launch, args=(2222, None))
+    t.start()
+    t.join(10)
+    time.sleep(0.5)
+    try:
+        assert vm.running(), "the child died with the thread that started it"
+    finally:
+        vm.kill()

@@ -144,3 +144,27 @@ def test_missing_copy1_names_the_path_that_copied_instead(lab, lab_vm, tmp_path)
     assert not c["copy1_kernel_side"]["passed"]
     text = evidence_text(c["copy1_kernel_side"])
     assert "csum_and_copy_from_iter" in text, text
+
+
+def test_qemu_killed_from_outside_mid_build_is_the_hosts_failure(lab, lab_vm, tmp_path):
+    """SIGKILL of QEMU during the module build (an operator, the OOM killer): no crash verdict for
+    the student, the VM says why (the service retries on that), and the next job runs normally."""
+    import os
+    import signal
+    import threading
+    import time
+
+    sub = make_submission("solution", tmp_path / "killed")
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.update(r=grade(lab, lab_vm, sub, tmp_path / "killed-out").result))
+    t.start()
+    time.sleep(12)                 # restore ~2 s, verify and upload a few s: the ~60 s build is running
+    assert t.is_alive() and lab_vm.vm.running()
+    os.kill(lab_vm.vm._proc.pid, signal.SIGKILL)
+    t.join(300)
+    result = out["r"]
+    assert result["verdict"] is None, result["verdict"]
+    assert "killed by signal 9" in (lab_vm.infrastructure_fault() or "")
+    assert result["score"] < 100
+    assert_full_marks(run_kind(lab, lab_vm, tmp_path, "solution"))   # reset from the snapshot
+    assert lab_vm.infrastructure_fault() is None
