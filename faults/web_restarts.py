@@ -39,17 +39,20 @@ def measure(handins: int = 300, clients: int = 12, kills: int = 10, window: floa
         attempts = [0] * handins
         server_errors = [0]
         recover: list[float] = []
-        done = threading.Event()
-
-        def killer() -> None:
-            for _ in range(kills):
-                if done.wait(rng.uniform(0.2, 1.0) * window / kills):   # a kill costs ~2 s of restart too
-                    return
-                svc.kill_web()
-                time.sleep(rng.uniform(0.2, 1.5))
-                recover.append(svc.start_web())
 
         t0 = time.monotonic() + 0.5
+        # Kill k falls at a random point early in the k-th of `kills` equal slots of the hand-in window,
+        # against an absolute clock: every kill happens (a slow restart delays the next one, never drops
+        # it) and all fall while hand-ins are still being paced in. The killer never stops early: a
+        # drill that counted fewer kills than it was asked for would measure less than it says.
+        kill_at = [t0 + window * (k + rng.uniform(0.05, 0.45)) / kills for k in range(kills)]
+
+        def killer() -> None:
+            for at in kill_at:
+                time.sleep(max(0.0, at - time.monotonic()))
+                svc.kill_web()
+                time.sleep(rng.uniform(0.2, 1.0))
+                recover.append(svc.start_web())
 
         def handin(i: int) -> None:
             time.sleep(max(0.0, t0 + i * window / handins - time.monotonic()))   # paced over the window
@@ -81,8 +84,7 @@ def measure(handins: int = 300, clients: int = 12, kills: int = 10, window: floa
         k.start()
         with ThreadPoolExecutor(clients) as ex:
             list(ex.map(handin, range(handins)))
-        done.set()
-        k.join(60)
+        k.join(60 + window)
         svc.stop()
         got = [r for r in receipts if r]
         verify = check_receipts(svc.instance, [r for r in got])
