@@ -8,8 +8,9 @@ PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST_PACKAGES := $(shell grep -v '^\s*\#' provision/host-packages.txt | grep -v '^\s*$$')
+KIT_DIR ?= build/copylab-kit
 
-.PHONY: help deps apt-deps venv image box demo test test-fast bench faults lint clean-cache
+.PHONY: help deps apt-deps venv image box demo test test-fast bench faults lint kit clean-cache
 
 help:
 	@echo "make demo       bring up a lab VM and grade the reference solution"
@@ -20,6 +21,7 @@ help:
 	@echo "make bench      run the benchmarks (README section Benchmarks; BENCH_ARGS=--skip-cold etc.)"
 	@echo "make faults     run the fault and abuse suite (README section Fault suite; FAULTS_ARGS=--only uploads etc.)"
 	@echo "make lint       ansible-lint the provisioning"
+	@echo "make kit        export the student kit to \$$KIT_DIR (default build/copylab-kit; KIT_ARGS=--force, --format tar|git)"
 
 deps: apt-deps venv
 
@@ -67,6 +69,10 @@ faults: image
 
 lint: venv
 	cd provision && ../$(VENV)/bin/ansible-lint --offline
+
+# The student kit: an allowlist of the repository (no solutions, hidden checks or secrets), scanned first.
+kit: venv
+	$(PY) -m grader export-kit $(KIT_DIR) $(KIT_ARGS)
 
 clean-cache:
 	rm -rf "$${COPYLAB_CACHE:-$$HOME/.cache/copylab}"

@@ -1,8 +1,9 @@
-"""Command line: ``python -m grader grade LAB SUBMISSION [--vm ...] [--json]`` and ``python -m grader demo``
+"""Command line: ``python -m grader grade LAB SUBMISSION [--vm ...] [--json]``, ``python -m grader demo``
+and ``python -m grader export-kit DEST [--format dir|tar|git] [--force]`` (the student kit)
 (the service's own commands are ``flask --app grader ...``).
 
-Exit status: 0 when grading finished (whatever the score), 1 with a one-line reason when it could not
-grade, 2 for a usage error.
+Exit status: 0 when grading finished (whatever the score) or the kit was exported, 1 with a one-line
+reason when it could not, 2 for a usage error.
 """
 from __future__ import annotations
 
@@ -79,6 +80,22 @@ def demo_command(args) -> int:
     return demo_main(instance=Path(args.out) if args.out else None, port=args.port)
 
 
+def export_kit_command(args) -> int:
+    """The student kit (grader/kit.py): progress on stderr, the kit's path on stdout."""
+    from grader.kit import export_kit
+
+    try:
+        kit = export_kit(REPO, Path(args.dest), fmt=args.format, force=args.force, progress=_progress)
+    except OSError as e:
+        raise GraderError(str(e)) from e
+    print(kit)
+    return 0
+
+
+COMMANDS = {"grade": (grade_command, "grade"), "demo": (demo_command, "grade"),
+            "export-kit": (export_kit_command, "export")}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m grader", description="copylab grader")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -95,11 +112,17 @@ def main(argv: list[str] | None = None) -> int:
                                     "graded on a lab VM, served on localhost")
     d.add_argument("--out", help="instance folder (default build/demo-instance; replaced)")
     d.add_argument("--port", type=int, help="port on 127.0.0.1 (default 8000, else a free one)")
+    k = sub.add_parser("export-kit", help="export the student kit (no solutions, hidden checks or secrets)")
+    k.add_argument("dest", help="the kit's folder, or its .tar.gz with --format tar")
+    k.add_argument("--format", choices=("dir", "tar", "git"), default="dir",
+                   help="a folder (default), a reproducible .tar.gz, or a folder that is a git repository")
+    k.add_argument("--force", action="store_true", help="replace DEST when it exists and is not empty")
     args = ap.parse_args(argv)
+    command, verb = COMMANDS[args.cmd]
     try:
-        return {"grade": grade_command, "demo": demo_command}[args.cmd](args)
+        return command(args)
     except GraderError as e:
-        print(f"grader: cannot grade: {e}", file=sys.stderr)
+        print(f"grader: cannot {verb}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("grader: interrupted", file=sys.stderr)
