@@ -1,11 +1,14 @@
-"""The student path for real: `vagrant validate`, then `vagrant up --provider=libvirt` of the locally
-built box (libvirtd started by hand when no init system runs it), provisioning through the Vagrantfile's
-ansible provisioner, checks over `vagrant ssh`, `vagrant destroy`.
+"""The student path for real, from the exported student kit: `vagrant validate`, then `vagrant up
+--provider=libvirt` of the locally built box (libvirtd started by hand when no init system runs it),
+provisioning through the kit's Vagrantfile and ansible provisioner, the kit's work folder shared as the
+student's ~/labs (edits on either side reach the other, the solution built from host files passes
+`make check` in the VM), `./lab doctor` on the host, `vagrant destroy` losing none of the work.
 
 The VM runs on QEMU's user-mode network with SSH forwarded on 127.0.0.1 (COPYLAB_LIBVIRT_NET=loopback),
 so no test traffic leaves loopback."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -58,8 +61,16 @@ def local_box(golden, progress):
     return folder
 
 
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory, progress) -> Path:
+    """The student kit exported from this repository (what students get instead of the repo)."""
+    from grader.kit import export_kit
+
+    return export_kit(ROOT, tmp_path_factory.mktemp("kit") / "copylab-kit", progress=progress)
+
+
 @pytest.fixture
-def vagrant_env(tmp_path, local_box):
+def vagrant_env(tmp_path, local_box, kit):
     from grader.vm.qemu import free_port
 
     sys.path.insert(0, str(ROOT / "provision" / "image"))
@@ -69,7 +80,7 @@ def vagrant_env(tmp_path, local_box):
     while port > 60000:  # the loopback UDP tunnel uses port + 1 and port + 2
         port = free_port()
     env = dict(build_image.ansible_env(),  # the provisioner's ansible: Mitogen, timeouts
-               VAGRANT_CWD=str(ROOT), VAGRANT_HOME=str(tmp_path / "vagrant.d"),
+               VAGRANT_CWD=str(kit), VAGRANT_HOME=str(tmp_path / "vagrant.d"),
                VAGRANT_DOTFILE_PATH=str(tmp_path / "dotvagrant"), VAGRANT_DEFAULT_PROVIDER="libvirt",
                VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_NO_COLOR="1",
                COPYLAB_BOX="local", COPYLAB_LOCAL_BOX_DIR=str(local_box),
@@ -91,26 +102,80 @@ def test_vagrant_validate_refuses_missing_local_box(vagrant_env, tmp_path):
     assert "make box" in (r.stdout + r.stderr)
 
 
-def test_vagrant_up_local_box_provisions_a_lab_vm(vagrant_env, progress):
+def test_vagrant_validate_refuses_to_share_the_project_or_solutions(vagrant_env, kit, tmp_path):
+    r = sh(["vagrant", "validate"], env=dict(vagrant_env, COPYLAB_WORK_DIR="."), timeout=120, check=False)
+    assert r.returncode != 0 and "would share this whole folder" in (r.stdout + r.stderr)
+    work = tmp_path / "leaky-work"
+    (work / "lab1" / "solution").mkdir(parents=True)
+    r = sh(["vagrant", "validate"], env=dict(vagrant_env, COPYLAB_WORK_DIR=str(work)), timeout=120, check=False)
+    assert r.returncode != 0 and "solutions are never shared" in (r.stdout + r.stderr)
+
+
+STUDENT_UID = 2345  # the host user owning the kit's work folder (as a student's own account would)
+
+
+def vssh(env, command: str, timeout: float = 120, check: bool = True):
+    r = sh(["vagrant", "ssh", "-c", command], env=env, timeout=timeout, check=check)
+    r.stdout = r.stdout.replace("\r\n", "\n")
+    return r
+
+
+def test_vagrant_up_from_the_kit_shares_only_the_work_folder(vagrant_env, kit, progress):
     ensure_libvirtd(progress)
     env = vagrant_env
-    progress("vagrant up --provider=libvirt (local box, software emulation, ansible provisioner)")
+    work = kit / "work"
+    work.mkdir(exist_ok=True)  # `vagrant validate` already made it (the Vagrantfile creates it)
+    os.chown(work, STUDENT_UID, STUDENT_UID)
+    progress("vagrant up --provider=libvirt from the student kit (local box, software emulation, ansible "
+             "provisioner, work folder shared through virtiofs)")
     try:
         up = subprocess.run(["vagrant", "up", "--provider=libvirt"], env=env, capture_output=True,
                             text=True, timeout=1500)
         assert up.returncode == 0, f"vagrant up failed:\n{up.stdout[-6000:]}\n{up.stderr[-3000:]}"
         assert "PLAY RECAP" in up.stdout and "failed=0" in up.stdout
-        r = sh(["vagrant", "ssh", "-c", "uname -r; sudo ls /home/student/labs/lab1; "
-                "sudo test -e /home/student/labs/lab1/solution && echo LEAK || echo no-solutions"],
-               env=env, timeout=120)
-        out = r.stdout.split()
+        out = vssh(env, "uname -r; sudo ls /home/student/labs/lab1; sudo test -e /home/student/labs/lab1/solution"
+                   " && echo LEAK || echo no-solutions").stdout.split()
         assert out[0] == "6.1.0-50-amd64"
         for f in ("sender.c", "receiver.c", "copytrace.c", "Makefile", "Kbuild", "README.md"):
             assert f in out, f"{f} missing in the student's lab folder: {out}"
         assert "no-solutions" in out and "LEAK" not in out
-        # the skeleton in the VM is the committed skeleton, byte for byte
-        r = sh(["vagrant", "ssh", "-c", "sudo cat /home/student/labs/lab1/copytrace.c"], env=env)
-        assert r.stdout.replace("\r\n", "\n") == (ROOT / "labs/lab1/skeleton/copytrace.c").read_text()
+
+        # provisioning put the skeleton into the HOST's work folder, owned by the folder's owner
+        skeleton = (ROOT / "labs/lab1/skeleton/copytrace.c").read_text()
+        assert (work / "lab1" / "copytrace.c").read_text() == skeleton
+        assert (work / "lab1" / "copytrace.c").stat().st_uid == STUDENT_UID
+        r = vssh(env, "sudo -iu student stat -c '%U %a' /home/student/labs/lab1/copytrace.c")
+        assert r.stdout.split()[0] == "student", r.stdout
+
+        # the VM sees that one folder of the host and nothing else: one virtiofs mount, no /vagrant
+        r = vssh(env, "findmnt -rn -t virtiofs -o TARGET; findmnt -rn -t fuse.bindfs -o TARGET; "
+                 "test -e /vagrant && echo VAGRANT-FOLDER || echo no-vagrant-folder")
+        assert r.stdout.split() == ["/srv/copylab/work", "/home/student/labs", "no-vagrant-folder"], r.stdout
+
+        # the student writes the solution on the host; the VM builds it and make check gives full marks
+        for name in ("sender.c", "receiver.c", "copytrace.c"):
+            (work / "lab1" / name).write_text((ROOT / "labs/lab1/solution" / name).read_text())
+        (work / "lab1" / "sender.c").write_text((work / "lab1" / "sender.c").read_text() + "/* host edit */\n")
+        progress("make && make check in the VM on the host's files")
+        r = vssh(env, "sudo -iu student bash -lc 'cd ~/labs/lab1 && tail -n1 sender.c && make >/dev/null "
+                 "&& make check'", timeout=900, check=False)
+        assert "/* host edit */" in r.stdout, r.stdout[-3000:]
+        assert r.returncode == 0 and "100/100 points" in r.stdout, r.stdout[-4000:] + r.stderr[-2000:]
+        # what the VM wrote is the host's, owned by the folder's owner
+        built = work / "lab1" / "copytrace.ko"
+        assert built.is_file() and built.stat().st_uid == STUDENT_UID
+        vssh(env, "sudo -iu student sh -c 'echo \"/* vm edit */\" >> ~/labs/lab1/receiver.c'")
+        assert (work / "lab1" / "receiver.c").read_text().endswith("/* vm edit */\n")
+
+        # the host-side doctor: the host, then the VM's own doctor through vagrant ssh
+        progress("./lab doctor on the host")
+        r = sh([sys.executable, str(kit / "lab"), "doctor", "--json"], env=env, timeout=600, check=False)
+        doc = json.loads(r.stdout)
+        bad = [f for f in doc["findings"] if f["status"] == "fail"]
+        assert r.returncode == 0 and doc["ok"] and not bad, bad or r.stderr
+        checks = {f["check"] for f in doc["findings"]}
+        assert {"vagrant", "provider", "lab VM", "vm: kernel release", "vm: probe self-test",
+                "vm: clock vs host"} <= checks, checks
     finally:
         d = subprocess.run(["vagrant", "destroy", "-f"], env=env, capture_output=True, text=True, timeout=300)
         subprocess.run(["vagrant", "box", "remove", "--force", "--all",
@@ -123,6 +188,9 @@ def test_vagrant_up_local_box_provisions_a_lab_vm(vagrant_env, progress):
     assert d.returncode == 0, d.stderr
     status = sh(["vagrant", "status"], env=env)
     assert "not created" in status.stdout
+    # destroying the VM lost none of the student's work
+    assert (work / "lab1" / "sender.c").read_text().endswith("/* host edit */\n")
+    assert (work / "lab1" / "receiver.c").read_text().endswith("/* vm edit */\n")
 
 
 def _key(env) -> str:
