@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import pwd
 import shutil
 import subprocess
 import sys
@@ -121,6 +120,8 @@ def root_facts(symbols: list[str]) -> dict:
 
 
 def vm_facts(manifest: dict) -> dict:
+    import pwd  # the VM side only: the host side also runs on Windows
+
     rel = os.uname().release
     build = Path("/lib/modules") / rel / "build"
     try:
