@@ -1,7 +1,7 @@
 """lab doctor: its rules on fact dictionaries (what each broken setup reports and the fix it names),
 the manifest's agreement with the kernel profiles and the provisioning roles, the `lab` entry point.
 
-The doctor on a real provisioned VM, and on VMs broken on purpose, is in tests/vm/test_doctor.py.
+The doctor on a real provisioned VM, and on VMs broken on purpose, is in tests/vm/test_lab_doctor_vm.py.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The student path for real, from the exported student kit: `vagrant validate`, then `vagrant up
 --provider=libvirt` of the locally built box (libvirtd started by hand when no init system runs it),
 provisioning through the kit's Vagrantfile and ansible provisioner, the kit's work folder shared as the
-student's ~/labs (edits on either side reach the other, the solution built from host files passes
-`make check` in the VM), `./lab doctor` on the host, `vagrant destroy` losing none of the work.
+student's ~/labs (edits on either side reach the other, the solution written on the host builds in the
+VM, what the VM writes belongs to the host user), `./lab doctor` on the host, `vagrant destroy` losing
+none of the work.
 
 The VM runs on QEMU's user-mode network with SSH forwarded on 127.0.0.1 (COPYLAB_LIBVIRT_NET=loopback),
 so no test traffic leaves loopback."""
@@ -156,18 +157,20 @@ def test_vagrant_up_from_the_kit_shares_only_the_work_folder(vagrant_env, kit, p
         assert virtiofs == "/srv/copylab/work" and vagrant_folder == "no-vagrant-folder", r.stdout
         assert bindfs.split()[0] == "/srv/copylab/work" and bindfs.split()[1].startswith("fuse"), r.stdout
 
-        # the student writes the solution on the host; the VM builds it and make check gives full marks
+        # the student writes the solution on the host; the VM builds it there (make check on a VM's own
+        # folder is tests/vm/test_make_check.py: the same engine, so one build is enough here)
         for name in ("sender.c", "receiver.c", "copytrace.c"):
             (work / "lab1" / name).write_text((ROOT / "labs/lab1/solution" / name).read_text())
         (work / "lab1" / "sender.c").write_text((work / "lab1" / "sender.c").read_text() + "/* host edit */\n")
-        progress("make && make check in the VM on the host's files")
-        r = vssh(env, "sudo -iu student bash -lc 'cd ~/labs/lab1 && tail -n1 sender.c && make >/dev/null "
-                 "&& make check'", timeout=900, check=False)
+        progress("make in the VM on the host's files")
+        r = vssh(env, "sudo -iu student bash -lc 'cd ~/labs/lab1 && tail -n1 sender.c && make'", timeout=900,
+                 check=False)
         assert "/* host edit */" in r.stdout, r.stdout[-3000:]
-        assert r.returncode == 0 and "100/100 points" in r.stdout, r.stdout[-4000:] + r.stderr[-2000:]
+        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
         # what the VM wrote is the host's, owned by the folder's owner
-        built = work / "lab1" / "copytrace.ko"
-        assert built.is_file() and built.stat().st_uid == STUDENT_UID
+        for built in ("sender", "receiver", "copytrace.ko"):
+            assert (work / "lab1" / built).is_file(), built
+            assert (work / "lab1" / built).stat().st_uid == STUDENT_UID, built
         vssh(env, "sudo -iu student sh -c 'echo \"/* vm edit */\" >> ~/labs/lab1/receiver.c'")
         assert (work / "lab1" / "receiver.c").read_text().endswith("/* vm edit */\n")
 
