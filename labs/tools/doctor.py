@@ -148,7 +148,6 @@ def vm_facts(manifest: dict) -> dict:
         "version": os.uname().version,
         "headers_dir": str(build) if build.is_dir() else None,
         "headers_release": headers_release(build),
-        "image_pkg": dpkg_version(f"linux-image-{rel}"),
         "headers_pkg": dpkg_version(f"linux-headers-{rel}"),
         "tools": {t: shutil.which(t) is not None for t in ("gcc", "make")},
         "dmesg_restrict": read("/proc/sys/kernel/dmesg_restrict"),
