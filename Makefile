@@ -9,6 +9,9 @@ PYTEST := $(VENV)/bin/pytest
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST_PACKAGES := $(shell grep -v '^\s*\#' provision/host-packages.txt | grep -v '^\s*$$')
 KIT_DIR ?= build/copylab-kit
+# lab VM architecture of `make image` / `make box`: amd64, or arm64 (the Apple Silicon box; built on
+# any host, under emulation on x86_64)
+COPYLAB_ARCH ?= amd64
 
 .PHONY: help deps apt-deps venv image box demo test test-fast bench faults lint kit clean-cache
 
@@ -17,7 +20,7 @@ help:
 	@echo "make test       run the whole suite (builds the VM image on a cold cache)"
 	@echo "make test-fast  unit tests and the local sshd tier only (no VM)"
 	@echo "make image      build or reuse the golden lab-VM image (cache: \$$COPYLAB_CACHE or ~/.cache/copylab)"
-	@echo "make box        export the golden image as a libvirt Vagrant box"
+	@echo "make box        export the golden image as a libvirt Vagrant box (COPYLAB_ARCH=arm64: the Apple Silicon box)"
 	@echo "make bench      run the benchmarks (README section Benchmarks; BENCH_ARGS=--skip-cold etc.)"
 	@echo "make faults     run the fault and abuse suite (README section Fault suite; FAULTS_ARGS=--only uploads etc.)"
 	@echo "make lint       ansible-lint the provisioning"
@@ -40,19 +43,23 @@ $(VENV)/.installed: requirements.txt
 	@touch $@
 
 image: deps
-	$(SUDO) env PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) provision/image/build_image.py --stage golden
+	$(SUDO) env PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) provision/image/build_image.py --arch $(COPYLAB_ARCH) --stage golden
 
 box: deps
-	$(SUDO) env PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) provision/image/build_image.py --stage box
+	$(SUDO) env PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) provision/image/build_image.py --arch $(COPYLAB_ARCH) --stage box
 
 demo: image
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grader demo
 
-# The golden image is built (or found in the cache) first, with its progress on the terminal; the
-# suite then runs on two workers, each with ONE lab VM shared by its tests through snapshot restore.
+# The golden image is built (or found in the cache) first, with its progress on the terminal, while
+# the arm64 image (tests/vm/test_arm64.py) builds beside it; the suite then runs on two workers, each
+# with ONE lab VM shared by its tests through snapshot restore (the arm64 tests wait for their image).
 test: deps
 	@date +%s > .test-session-start
-	$(MAKE) --no-print-directory image
+	@mkdir -p build && echo "arm64 image: building in the background (log: build/image-arm64.log)"
+	@($(SUDO) env PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) provision/image/build_image.py --arch arm64 \
+	  --stage golden > build/image-arm64.log 2>&1 &)
+	$(MAKE) --no-print-directory image COPYLAB_ARCH=amd64
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" COPYLAB_SESSION_START=$$(cat .test-session-start) \
 	  $(PYTEST) -ra -n 2 --dist loadgroup
 

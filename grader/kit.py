@@ -35,6 +35,7 @@ LABS_ENTRY = "labs/*/"  # every labs/<lab>/ holding lab.toml, without its soluti
 KIT_PATHS: tuple[str, ...] = (
     "Vagrantfile",
     "provision/ansible.cfg",
+    "provision/controller-files.txt",
     "provision/site.yml",
     "provision/plays/",
     "provision/roles/",
@@ -243,9 +244,10 @@ def _lab_kernels(repo: Path, labs: list[str]) -> list[str]:
     kernels = set()
     for lab in labs:
         with open(repo / "labs" / lab / "lab.toml", "rb") as f:
-            kernel = tomllib.load(f).get("run", {}).get("kernel")
-        if kernel:
-            kernels.add(kernel)
+            run = tomllib.load(f).get("run", {})
+        for kernel in [run.get("kernel"), *(run.get("kernels") or {}).values()]:
+            if kernel:
+                kernels.add(kernel)
     return sorted(kernels)
 
 

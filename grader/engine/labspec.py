@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,12 @@ class LabSpec:
     checks: list[CheckSpec]
     max_score: int
     raw: dict = field(default_factory=dict, repr=False)
+    # kernel release per `uname -m` for lab VMs of other architectures; `kernel` is the default
+    kernels: dict[str, str] = field(default_factory=dict)
+
+    def kernel_for(self, arch: str | None) -> str:
+        """The kernel release (profile name) a lab VM of this architecture must run."""
+        return self.kernels.get(arch or "", self.kernel)
 
     def timeout(self, phase: str) -> float:
         return float(self.timeouts[phase])
@@ -63,6 +70,14 @@ class LabSpec:
             if c.name == name:
                 return c
         raise KeyError(name)
+
+
+def _kernels(run: dict, where: str) -> dict[str, str]:
+    kernels = _get(run, "kernels", dict, f"{where} [run]", {})
+    for arch, release in kernels.items():
+        if not isinstance(release, str) or not re.fullmatch(r"[0-9][A-Za-z0-9.+_-]*", release):
+            raise LabSpecError(f"{where}: [run] kernels.{arch} must be a kernel release string")
+    return dict(kernels)
 
 
 def _get(d: dict, key: str, typ, where: str, default=...):
@@ -140,6 +155,7 @@ def parse_lab(data: dict, lab_dir: str | Path, kinds: set[str] | None = None,
         build_command=_get(build, "command", str, f"{where} [build]", "make"),
         build_outputs=_str_list(build, "outputs", f"{where} [build]", []),
         kernel=_get(run, "kernel", str, f"{where} [run]", ""),
+        kernels=_kernels(run, where),
         module=_get(run, "module", str, f"{where} [run]", ""),
         module_file=_get(run, "module_file", str, f"{where} [run]", ""),
         load_args=_str_list(run, "load_args", f"{where} [run]", []),

@@ -99,7 +99,9 @@ class GradingRun:
         self.vm = vm
         self.submission_dir = Path(submission_dir)
         self.outdir = Path(outdir)
+        # the default architecture's profile until verify reads `uname -m` (unless one is given)
         self.profile = profile or load_profile(lab.kernel)
+        self._profile_given = profile is not None
         self.helper = helper
         self.sudo = sudo
         self.poll = poll_interval
@@ -179,6 +181,12 @@ class GradingRun:
         self.run.environment["kernel_release"] = release or None
         if len(lines) > 1:
             self.run.environment["arch"] = lines[1]
+            want = self.lab.kernel_for(lines[1])
+            if not self._profile_given and want != self.profile.release:
+                try:
+                    self.profile = self.run.profile = load_profile(want)
+                except Exception as e:  # noqa: BLE001 - a missing or broken profile is the grader's
+                    raise PhaseFailed("failed", f"no usable kernel profile {want!r} for a {lines[1]} VM: {e}")
         if release != self.profile.release:
             raise PhaseFailed("failed", f"VM runs kernel {release!r}, the profile is for "
                                         f"{self.profile.release!r}")

@@ -298,8 +298,9 @@ def host_facts(kit: Path) -> dict:
     if facts["vagrant"]:
         rc, out, _ = vagrant(["plugin", "list"], kit, timeout=120)
         facts["libvirt_plugin"] = rc == 0 and "vagrant-libvirt" in out
+        facts["qemu_plugin"] = rc == 0 and "vagrant-qemu" in out
     else:
-        facts["libvirt_plugin"] = False
+        facts["libvirt_plugin"] = facts["qemu_plugin"] = False
     facts["virtualbox"] = shutil.which("VBoxManage") is not None
     facts["kvm"] = os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
     facts["vm_state"] = None
@@ -325,15 +326,20 @@ def evaluate_host(f: dict, m: dict) -> list[Finding]:
     if f["arch"].lower() in m["host"]["supported_arch"]:
         out.append(ok("host", f"{f['system']} on {f['arch']}"))
     else:
-        out.append(fail("host", f"this host is {f['arch']}: the kit's lab VM is x86_64 and no arm64 box is "
-                        "published yet", "use an x86_64 machine, or a lab machine your instructor provides"))
+        out.append(fail("host", f"this host is {f['arch']}: the kit's lab VMs are x86_64 and arm64 only",
+                        "use an x86_64 or arm64 machine, or a lab machine your instructor provides"))
     if not f["vagrant"]:
         out.append(fail("vagrant", "vagrant is not installed", "install Vagrant (on Debian/Ubuntu: sudo apt-get "
                         "install vagrant vagrant-libvirt libvirt-daemon-system)"))
         return out
     out.append(ok("vagrant", f["vagrant"]))
-    if f["libvirt_plugin"] or f["virtualbox"]:
-        out.append(ok("provider", "libvirt" if f["libvirt_plugin"] else "VirtualBox"))
+    providers = [name for name, have in (("libvirt", f["libvirt_plugin"]), ("VirtualBox", f["virtualbox"]),
+                                         ("qemu", f.get("qemu_plugin"))) if have]
+    if providers:
+        out.append(ok("provider", ", ".join(providers)))
+    elif f["system"] == "Darwin":
+        out.append(fail("provider", "no Vagrant provider for this Mac: neither the vagrant-qemu plugin nor "
+                        "VirtualBox is installed", "brew install qemu && vagrant plugin install vagrant-qemu"))
     else:
         out.append(fail("provider", "neither the vagrant-libvirt plugin nor VirtualBox is installed",
                         "sudo apt-get install vagrant-libvirt libvirt-daemon-system   (or install VirtualBox)"))

@@ -140,7 +140,7 @@ def test_host_findings_include_the_vms_and_the_clock_skew():
 
 
 @pytest.mark.parametrize("change, check, fix", [
-    (lambda f: f.update(arch="arm64", system="Darwin"), "host", "x86_64 machine"),
+    (lambda f: f.update(arch="riscv64", system="Linux"), "host", "x86_64 or arm64 machine"),
     (lambda f: f.update(vagrant=None), "vagrant", "install"),
     (lambda f: f.update(libvirt_plugin=False, virtualbox=False), "provider", "vagrant-libvirt"),
     (lambda f: f.update(vm_state="not_created"), "lab VM", "vagrant up"),
@@ -192,6 +192,8 @@ def test_manifest_kernel_matches_the_profile_and_the_lab_spec():
         assert [data["symbols"]["copy_from"], data["symbols"]["copy_to"]] == MANIFEST["probe_symbols"]
     spec = tomllib.loads((REPO / "labs" / "lab1" / "lab.toml").read_text())
     assert spec["run"]["kernel"] == MANIFEST["kernels"]["x86_64"]["release"]
+    assert {"x86_64": spec["run"]["kernel"], **spec["run"]["kernels"]} == \
+        {arch: pin["release"] for arch, pin in MANIFEST["kernels"].items()}
 
 
 def test_manifest_matches_the_provisioning_roles():

@@ -204,3 +204,37 @@ def test_verify_rejects_wrong_kernel(env, fake_verify, monkeypatch):
     assert phases["verify"]["status"] == "failed"
     assert "6.1.0-50-amd64" in phases["verify"]["detail"]
     assert phases["build"]["status"] == "skipped"
+
+
+@pytest.mark.parametrize("machine, release, expect", [
+    ("aarch64", "6.1.0-50-arm64", "ok"),       # Apple Silicon's VM: the arm64 profile is taken
+    ("x86_64", "6.1.0-50-amd64", "ok"),
+    ("aarch64", "6.1.0-50-amd64", "failed"),   # an arm64 VM must run the arm64 pin
+])
+def test_verify_takes_the_profile_of_the_vms_architecture(env, fake_verify, monkeypatch, machine, release,
+                                                         expect):
+    from grader.engine import run as runmod
+    from grader.executor import CommandResult
+
+    monkeypatch.setattr(runmod.GradingRun, "p_verify", fake_verify)
+    real_sh = runmod.GradingRun.sh
+
+    def sh(self, cmd, timeout, **kw):
+        if cmd.startswith("uname -r; uname -m"):
+            return CommandResult(0, f"{release}\n{machine}\nselftest-ok\n", "")
+        return real_sh(self, cmd, timeout, **kw)
+    monkeypatch.setattr(runmod.GradingRun, "sh", sh)
+    out = env.do()
+    verify = {p["name"]: p for p in out.result["phases"]}["verify"]
+    assert verify["status"] == expect, verify
+    if expect == "ok":
+        assert out.run.profile.release == release and out.run.profile.arch == machine
+    else:
+        assert "6.1.0-50-arm64" in verify["detail"]
+
+
+def test_lab_spec_names_a_kernel_per_architecture():
+    lab = load_lab("lab1")
+    assert lab.kernel_for("x86_64") == lab.kernel == "6.1.0-50-amd64"
+    assert lab.kernel_for("aarch64") == "6.1.0-50-arm64"
+    assert lab.kernel_for(None) == lab.kernel

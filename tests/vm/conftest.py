@@ -25,6 +25,9 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "/tests/vm/" in str(item.fspath):
             item.add_marker(pytest.mark.vm)
+    # the arm64 tests last: `make test` builds their image in the background meanwhile, and xdist
+    # hands tests out in this order (a worker waiting for the image early would hold back its queue)
+    items.sort(key=lambda item: item.fspath.basename == "test_arm64.py")
 
 
 class Reporter:

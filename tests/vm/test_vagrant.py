@@ -1,6 +1,7 @@
 """The student path for real, from the exported student kit: `vagrant validate`, then `vagrant up
 --provider=libvirt` of the locally built box (libvirtd started by hand when no init system runs it),
-provisioning through the kit's Vagrantfile and ansible provisioner, the kit's work folder shared as the
+provisioning from inside the VM (ansible_local: the host has no ansible), then again with the host's
+ansible (Vagrant's ansible provisioner), the kit's work folder shared as the
 student's ~/labs (edits on either side reach the other, the solution written on the host builds in the
 VM, what the VM writes belongs to the host user), `./lab doctor` on the host, `vagrant destroy` losing
 none of the work.
@@ -82,15 +83,26 @@ def vagrant_env(tmp_path, local_box, kit, progress):
     port = free_port()
     while port > 60000:  # the loopback UDP tunnel uses port + 1 and port + 2
         port = free_port()
-    env = dict(build_image.ansible_env(),  # the provisioner's ansible: Mitogen, timeouts
+    # a host without ansible (as on Windows): the venv that has it is not on PATH, so the kit's
+    # Vagrantfile (COPYLAB_PROVISION=auto) provisions from inside the VM with ansible_local
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if d and d != venv_bin)
+    assert shutil.which("ansible-playbook", path=path) is None, "ansible-playbook outside the venv"
+    env = dict(build_image.ansible_env(),  # for the host-ansible run: Mitogen, timeouts
                VAGRANT_CWD=str(kit), VAGRANT_HOME=str(tmp_path / "vagrant.d"),
                VAGRANT_DOTFILE_PATH=str(tmp_path / "dotvagrant"), VAGRANT_DEFAULT_PROVIDER="libvirt",
                VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_NO_COLOR="1",
                COPYLAB_BOX="local", COPYLAB_LOCAL_BOX_DIR=str(local_box),
                COPYLAB_LIBVIRT_DRIVER="qemu", COPYLAB_LIBVIRT_NET="loopback",
-               COPYLAB_SSH_PORT=str(port),
-               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+               COPYLAB_SSH_PORT=str(port), PATH=path)
+    env.pop("ANSIBLE_CONFIG", None)
     return env
+
+
+def with_host_ansible(env: dict) -> dict:
+    """The same environment on a host that has ansible (the venv's, with Mitogen)."""
+    return dict(env, COPYLAB_PROVISION="ansible", ANSIBLE_CONFIG=str(ROOT / "provision" / "ansible.cfg"),
+                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
 
 
 def test_vagrant_validate(vagrant_env):
@@ -129,13 +141,18 @@ def test_vagrant_up_from_the_kit_shares_only_the_work_folder(vagrant_env, kit, p
     work = kit / "work"
     work.mkdir(exist_ok=True)  # `vagrant validate` already made it (the Vagrantfile creates it)
     os.chown(work, STUDENT_UID, STUDENT_UID)
-    progress("vagrant up --provider=libvirt from the student kit (local box, software emulation, ansible "
-             "provisioner, work folder shared through virtiofs)")
+    progress("vagrant up --provider=libvirt from the student kit on a host without ansible (local box, "
+             "software emulation, ansible_local in the VM, work folder shared through virtiofs)")
     try:
         up = subprocess.run(["vagrant", "up", "--provider=libvirt"], env=env, capture_output=True,
                             text=True, timeout=1500)
         assert up.returncode == 0, f"vagrant up failed:\n{up.stdout[-6000:]}\n{up.stderr[-3000:]}"
+        assert "Running provisioner: ansible_local" in up.stdout, up.stdout[-3000:]
         assert "PLAY RECAP" in up.stdout and "failed=0" in up.stdout
+        # the box ships ansible-core: nothing was installed; the uploaded provisioning files are gone
+        assert "installing ansible-core" not in up.stdout
+        r = vssh(env, "test -e /tmp/copylab-provision && echo STAGE-LEFT || echo stage-removed")
+        assert "stage-removed" in r.stdout
         out = vssh(env, "uname -r; sudo ls /home/student/labs/lab1; sudo test -e /home/student/labs/lab1/solution"
                    " && echo LEAK || echo no-solutions").stdout.split()
         assert out[0] == "6.1.0-50-amd64"
@@ -172,6 +189,16 @@ def test_vagrant_up_from_the_kit_shares_only_the_work_folder(vagrant_env, kit, p
             assert (work / "lab1" / built).is_file(), built
             assert (work / "lab1" / built).stat().st_uid == STUDENT_UID, built
         vssh(env, "sudo -iu student sh -c 'echo \"/* vm edit */\" >> ~/labs/lab1/receiver.c'")
+        assert (work / "lab1" / "receiver.c").read_text().endswith("/* vm edit */\n")
+
+        # a host WITH ansible provisions the same VM from outside (Vagrant's ansible provisioner):
+        # the one definition, run from the other side, finds nothing to fix
+        progress("vagrant provision with the host's ansible")
+        prov = subprocess.run(["vagrant", "provision"], env=with_host_ansible(env), capture_output=True,
+                              text=True, timeout=1200)
+        assert prov.returncode == 0, f"vagrant provision failed:\n{prov.stdout[-6000:]}\n{prov.stderr[-2000:]}"
+        assert "Running provisioner: ansible..." in prov.stdout and "ansible_local" not in prov.stdout
+        assert "failed=0" in prov.stdout, prov.stdout[-3000:]
         assert (work / "lab1" / "receiver.c").read_text().endswith("/* vm edit */\n")
 
         # the host-side doctor: the host, then the VM's own doctor through vagrant ssh
