@@ -26,7 +26,7 @@ from lab1_submissions import make_submission  # noqa: E402
 from grader.engine.labspec import load_lab  # noqa: E402
 from grader.engine.run import grade  # noqa: E402
 
-from .conftest import run_builder  # noqa: E402
+from tests.vm.conftest import run_builder  # noqa: E402
 
 pytestmark = [pytest.mark.xdist_group("arm64"), pytest.mark.vm]
 
@@ -70,7 +70,7 @@ def test_arm64_vm_runs_qemu_system_aarch64_with_its_pinned_kernel(arm64_vm, arm6
     assert Path(arm64_vm.vm._qemu_command(2222, None)[0]).name == "qemu-system-aarch64"
     arm64_vm.acquire()
     try:
-        r = admin(arm64_vm, arm64_golden, "uname -r; uname -m; dpkg-query -W -f='${Version}' "
+        r = admin(arm64_vm, arm64_golden, "uname -r; uname -m; dpkg-query -W -f='${Version}\\n' "
                   f"linux-image-{RELEASE}; apt-mark showhold")
         assert r.returncode == 0, r.stderr
         release, machine, version, *held = r.stdout.split()
@@ -126,7 +126,8 @@ def test_arm64_profile_matches_the_running_kernel(arm64_vm, arm64_golden):
         assert r.returncode == 0 and "copylab-offsets:" in r.stdout, r.stdout + r.stderr
         seen = dict(kv.split("=") for kv in r.stdout.split("copylab-offsets:")[1].split())
         assert {k: int(v) for k, v in seen.items()} == profile["offsets"]
-        syms = " ".join(profile["symbols"].values())
+        # (send_caller_csum only names the checksumming path in hints: it is inlined, as on x86_64)
+        syms = " ".join(v for k, v in profile["symbols"].items() if k != "send_caller_csum")
         r = admin(arm64_vm, arm64_golden, f"for s in {syms}; do sudo grep -qw \"$s\" /proc/kallsyms "
                   "&& echo \"$s yes\" || echo \"$s no\"; done")
         found = dict(line.split() for line in r.stdout.splitlines())
