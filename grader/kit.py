@@ -239,6 +239,16 @@ def kernel_release(repo: Path) -> str | None:
     return release if isinstance(release, str) and release else None
 
 
+def pinned_kernels(repo: Path) -> dict[str, str]:
+    """`uname -m` -> kernel release, from labs/tools/manifest.json's kernels (kit.json, README)."""
+    try:
+        kernels = json.loads((repo / MANIFEST).read_text()).get("kernels") or {}
+    except (OSError, ValueError) as e:
+        raise GraderError(f"{MANIFEST}: cannot read it: {e}") from e
+    return {arch: pin["release"] for arch, pin in kernels.items()
+            if isinstance(pin, dict) and isinstance(pin.get("release"), str)}
+
+
 def _lab_kernels(repo: Path, labs: list[str]) -> list[str]:
     """[run].kernel of every lab's lab.toml (the README's fallback)."""
     kernels = set()
@@ -257,7 +267,7 @@ def render_readme(repo: Path, labs: list[str], kernel: str | None) -> str:
     values = {
         "labs": ", ".join(labs),
         "first_lab": labs[0] if labs else "lab1",
-        "kernel": " / ".join(kernels) or "the pinned kernel",
+        "kernel": " / ".join(k if k.startswith("`") else f"`{k}`" for k in kernels) or "the pinned kernel",
     }
     text = README_TEMPLATE.read_text()
     for key, value in values.items():
@@ -314,13 +324,18 @@ def build_kit(repo: Path, kit: Path, files: list[str], commit: str | None) -> di
         _copy(repo / rel, kit / rel)
     labs = find_labs(repo)
     kernel = kernel_release(repo)
+    shown = None
+    if kernel:
+        others = [f"`{rel}`" for rel in pinned_kernels(repo).values() if rel != kernel]
+        shown = f"`{kernel}`" + (f" ({', '.join(others)} on arm64 computers)" if others else "")
     _copy(repo / HOST_ENTRY, kit / "lab", mode=0o755)
-    _write(kit / "README.md", render_readme(repo, labs, kernel))
+    _write(kit / "README.md", render_readme(repo, labs, shown))
     _write(kit / ".gitignore", KIT_GITIGNORE)
     _write(kit / "vagrant.kit.yml", VAGRANT_KIT_YML)
     meta: dict = {"copylab_kit": KIT_FORMAT, "source_commit": commit, "labs": labs}
     if kernel:
         meta["kernel_release"] = kernel
+    meta["kernels"] = pinned_kernels(repo)
     _, kit_files, _ = _kit_tree(kit)
     meta["files"] = {rel: sha256_file(kit / rel) for rel in kit_files if rel != KIT_JSON}
     _write(kit / KIT_JSON, json.dumps(meta, indent=2) + "\n")

@@ -121,6 +121,9 @@ def test_kit_json_describes_every_file(kits):
     assert meta["labs"] == ["lab1"]
     manifest = json.loads((REPO / "labs/tools/manifest.json").read_text())
     assert meta["kernel_release"] == manifest["kernels"]["x86_64"]["release"]
+    assert meta["kernels"] == {arch: pin["release"] for arch, pin in manifest["kernels"].items()}
+    readme = (kit / "README.md").read_text()
+    assert "`6.1.0-50-amd64` (`6.1.0-50-arm64` on arm64 computers)" in readme
     assert set(meta["files"]) == files_of(kit) - {"kit.json"}
     for rel, digest in meta["files"].items():
         assert hashlib.sha256((kit / rel).read_bytes()).hexdigest() == digest, rel
