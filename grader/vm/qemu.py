@@ -463,6 +463,14 @@ class QemuVM:
                 self.mark_serial()
                 self.monitor("cont", timeout=10)
             except (OSError, VMError):
+                # a QEMU killed from outside can still be tearing down (its monitor socket already
+                # closed): let it end by itself first, so that kill() does not take the stop as ours
+                # and the reason (stopped_from_outside) survives the restart below
+                try:
+                    self._proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+                self._outside = self._outside or self._outside_now()
                 self.kill()
         if not self.running():
             self.start(loadvm=name, wait=False)

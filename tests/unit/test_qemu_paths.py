@@ -99,6 +99,29 @@ def test_a_restart_does_not_erase_an_outside_kill_until_the_next_job(tmp_path, m
         vm.kill()
 
 
+def test_a_qemu_still_dying_from_an_outside_kill_is_not_taken_as_the_runners_stop(tmp_path, monkeypatch):
+    """Seen under load: the killed QEMU's monitor is already gone while the process still tears down,
+    so loadvm() finds it "running", its monitor fails, and a kill() right then would count the stop
+    as the runner's own. loadvm lets it end first; the reason survives the restart."""
+    import threading
+
+    # stands in for a QEMU that an operator's SIGKILL ends a moment after its monitor stopped answering
+    vm = _with_process(tmp_path, "sleep 1; kill -9 $$")
+    monkeypatch.setattr(QemuVM, "monitor", lambda self, cmd, timeout=30.0: (_ for _ in ()).throw(
+        OSError("monitor socket closed")))
+    started = threading.Event()
+
+    def start(self, loadvm=None, wait=True):
+        assert not self.running()
+        self._outside = self._outside or self._outside_now()   # what _launch() records
+        started.set()
+    monkeypatch.setattr(QemuVM, "start", start)
+    monkeypatch.setattr(QemuVM, "wait_ssh", lambda self, timeout: None)
+    vm.loadvm("clean")
+    assert started.is_set()
+    assert "killed by signal 9" in (vm.stopped_from_outside() or ""), vm._proc.returncode
+
+
 def test_qemu_outlives_the_thread_that_started_it(tmp_path, monkeypatch):
     """PR_SET_PDEATHSIG is per thread: a QEMU started from a short-lived thread (a reset in a grading
     thread) must live on after that thread ends, and die only with the process."""
