@@ -48,6 +48,11 @@ def without_ansible() -> str:
     return path
 
 
+def controller_files() -> list[str]:
+    lines = (ROOT / "provision/controller-files.txt").read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
 def downloaded_boxes(tmp_path: Path) -> list[Path]:
     boxes = tmp_path / "vagrant.d" / "boxes"
     return list(boxes.iterdir()) if boxes.exists() else []
@@ -112,8 +117,7 @@ def test_ansible_local_uploads_the_controller_files_and_no_solution(tmp_path):
     staged = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file())
     assert not [p for p in staged if "/solution/" in p or p.startswith("solution")], staged
     assert "labs/lab1/copytrace.o" not in staged and "labs/lab1/sender" not in staged
-    listed = [ln.strip() for ln in (ROOT / "provision/controller-files.txt").read_text().splitlines()
-              if ln.strip() and not ln.startswith("#")]
+    listed = controller_files()
     for rel in listed:
         assert any(p == rel or p.startswith(rel) for p in staged), f"{rel} was not staged"
     assert "labs/lab1/skeleton/copytrace.c" in staged and "provision/site.yml" in staged
@@ -125,8 +129,7 @@ def test_ansible_local_uploads_the_controller_files_and_no_solution(tmp_path):
 def test_the_kit_carries_every_controller_file():
     from grader.kit import KIT_PATHS
 
-    listed = [ln.strip() for ln in (ROOT / "provision/controller-files.txt").read_text().splitlines()
-              if ln.strip() and not ln.startswith("#")]
+    listed = controller_files()
     for rel in listed:
         assert rel in KIT_PATHS or any(rel.startswith(k) for k in KIT_PATHS if k.endswith("/")) or \
             (rel.endswith("/") and any(k.startswith(rel) for k in KIT_PATHS)), rel

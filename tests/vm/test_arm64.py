@@ -58,12 +58,13 @@ def arm64_vm(arm64_golden, progress, tmp_path_factory):
     assert not vm.vm.running()
 
 
-def admin(vm, golden: Path, command: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def admin(vm, golden: Path, command: str, timeout: float = 300,
+          input: str | None = None) -> subprocess.CompletedProcess:
     m = json.loads((golden / "manifest.json").read_text())
     cmd = ["ssh", "-i", m["admin_key_path"], "-p", str(vm.vm.ssh_port),
            "-o", f"UserKnownHostsFile={vm.vm.known_hosts}", "-o", "StrictHostKeyChecking=yes",
            "-o", "BatchMode=yes", "-o", "ConnectTimeout=30", "copylab@127.0.0.1", command]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
 
 
 def test_arm64_vm_runs_qemu_system_aarch64_with_its_pinned_kernel(arm64_vm, arm64_golden):
@@ -117,12 +118,7 @@ def test_arm64_profile_matches_the_running_kernel(arm64_vm, arm64_golden):
         script = ("set -e; d=$(mktemp -d); cd $d; cat > offs.c; echo 'obj-m := offs.o' > Kbuild; "
                   f"make -s -C /lib/modules/{RELEASE}/build M=$d modules >/dev/null; "
                   "sudo insmod offs.ko 2>/dev/null || true; sudo dmesg | grep copylab-offsets: | tail -n1")
-        m = json.loads((arm64_golden / "manifest.json").read_text())
-        r = subprocess.run(["ssh", "-i", m["admin_key_path"], "-p", str(arm64_vm.vm.ssh_port),
-                            "-o", f"UserKnownHostsFile={arm64_vm.vm.known_hosts}",
-                            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-                            "copylab@127.0.0.1", script], input=OFFSETS_C, capture_output=True, text=True,
-                           timeout=600)
+        r = admin(arm64_vm, arm64_golden, script, timeout=600, input=OFFSETS_C)
         assert r.returncode == 0 and "copylab-offsets:" in r.stdout, r.stdout + r.stderr
         seen = dict(kv.split("=") for kv in r.stdout.split("copylab-offsets:")[1].split())
         assert {k: int(v) for k, v in seen.items()} == profile["offsets"]
