@@ -57,8 +57,7 @@ demo: image
 test: deps
 	@date +%s > .test-session-start
 	@mkdir -p build && echo "arm64 image: building in the background (log: build/image-arm64.log)"
-	@($(SUDO) env PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) provision/image/build_image.py --arch arm64 \
-	  --stage golden > build/image-arm64.log 2>&1 &)
+	@($(MAKE) --no-print-directory image COPYLAB_ARCH=arm64 > build/image-arm64.log 2>&1 &)
 	$(MAKE) --no-print-directory image COPYLAB_ARCH=amd64
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" COPYLAB_SESSION_START=$$(cat .test-session-start) \
 	  $(PYTEST) -ra -n 2 --dist loadgroup

@@ -261,13 +261,19 @@ def _lab_kernels(repo: Path, labs: list[str]) -> list[str]:
     return sorted(kernels)
 
 
-def render_readme(repo: Path, labs: list[str], kernel: str | None) -> str:
-    """The student README: grader/kit_readme.md with {labs}, {first_lab} and {kernel} filled in."""
-    kernels = [kernel] if kernel else _lab_kernels(repo, labs)
+def render_readme(repo: Path, labs: list[str], kernel: str | None,
+                  others: list[str] = ()) -> str:
+    """The student README: grader/kit_readme.md with {labs}, {first_lab} and {kernel} filled in
+    (the kit's kernel, then the other architectures' pins, named for arm64 computers)."""
+    if kernel:
+        shown = f"`{kernel}`" + (f" ({', '.join(f'`{k}`' for k in others)} on arm64 computers)"
+                                 if others else "")
+    else:
+        shown = " / ".join(f"`{k}`" for k in _lab_kernels(repo, labs)) or "the pinned kernel"
     values = {
         "labs": ", ".join(labs),
         "first_lab": labs[0] if labs else "lab1",
-        "kernel": " / ".join(k if k.startswith("`") else f"`{k}`" for k in kernels) or "the pinned kernel",
+        "kernel": shown,
     }
     text = README_TEMPLATE.read_text()
     for key, value in values.items():
@@ -324,18 +330,15 @@ def build_kit(repo: Path, kit: Path, files: list[str], commit: str | None) -> di
         _copy(repo / rel, kit / rel)
     labs = find_labs(repo)
     kernel = kernel_release(repo)
-    shown = None
-    if kernel:
-        others = [f"`{rel}`" for rel in pinned_kernels(repo).values() if rel != kernel]
-        shown = f"`{kernel}`" + (f" ({', '.join(others)} on arm64 computers)" if others else "")
+    pins = pinned_kernels(repo)
     _copy(repo / HOST_ENTRY, kit / "lab", mode=0o755)
-    _write(kit / "README.md", render_readme(repo, labs, shown))
+    _write(kit / "README.md", render_readme(repo, labs, kernel, [k for k in pins.values() if k != kernel]))
     _write(kit / ".gitignore", KIT_GITIGNORE)
     _write(kit / "vagrant.kit.yml", VAGRANT_KIT_YML)
     meta: dict = {"copylab_kit": KIT_FORMAT, "source_commit": commit, "labs": labs}
     if kernel:
         meta["kernel_release"] = kernel
-    meta["kernels"] = pinned_kernels(repo)
+    meta["kernels"] = pins
     _, kit_files, _ = _kit_tree(kit)
     meta["files"] = {rel: sha256_file(kit / rel) for rel in kit_files if rel != KIT_JSON}
     _write(kit / KIT_JSON, json.dumps(meta, indent=2) + "\n")

@@ -100,12 +100,16 @@ def ensure_binfmt(arch: str) -> None:
     """Foreign-architecture debootstrap runs the guest's binaries through qemu-user-static's binfmt_misc
     entry: mount binfmt_misc when the host has not, enable the entry, or say what is missing."""
     entry = Path("/proc/sys/fs/binfmt_misc") / f"qemu-{QEMU_ARCH[arch]}"
+
+    def enabled() -> bool:
+        return entry.exists() and "enabled" in entry.read_text(errors="replace")
+
     if not Path("/proc/sys/fs/binfmt_misc/status").exists():
         subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"],
                        capture_output=True)
-    if not entry.exists() or "enabled" not in entry.read_text(errors="replace"):
+    if not enabled():
         subprocess.run(["update-binfmts", "--enable", f"qemu-{QEMU_ARCH[arch]}"], capture_output=True)
-    if not entry.exists() or "enabled" not in entry.read_text(errors="replace"):
+    if not enabled():
         raise BuildError(f"building an {arch} image on {host_arch()} needs qemu-user-static registered in "
                          f"binfmt_misc ({entry} is missing or disabled): install qemu-user-static and "
                          f"binfmt-support (`make deps`), then `update-binfmts --enable qemu-{QEMU_ARCH[arch]}`")
