@@ -1,0 +1,99 @@
+"""`serve`'s waitress settings from config and options, PROXY_FIX_HOPS in the app, and the nginx site file
+rendered from an instance's configuration (tests/service/test_proxy.py runs them for real)."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SPOOFED = {"X-Forwarded-For": "203.0.113.9, 198.51.100.7", "X-Forwarded-Proto": "https",
+           "X-Forwarded-Host": "grader.example.edu", "X-Forwarded-Port": "443"}
+
+
+def app_with(tmp_path, monkeypatch, **config):
+    monkeypatch.setenv("GRADER_INSTANCE_PATH", str(tmp_path / "instance"))
+    from grader import create_app
+
+    return create_app({"TESTING": True, "SECRET_KEY": "t" * 40, **config})
+
+
+def seen(app, caplog) -> str:
+    """The access log line of a request from 192.0.2.1 carrying SPOOFED headers (through app.wsgi_app)."""
+    with caplog.at_level(logging.INFO, logger="copylab.access"):
+        app.test_client().get("/probe", headers=SPOOFED, environ_base={"REMOTE_ADDR": "192.0.2.1"})
+    return [r.getMessage() for r in caplog.records if r.name == "copylab.access"][-1]
+
+
+def test_no_proxy_trusted_by_default(tmp_path, monkeypatch, caplog):
+    app = app_with(tmp_path, monkeypatch)
+    assert app.config["PROXY_FIX_HOPS"] == 0
+    assert seen(app, caplog) == "192.0.2.1 http localhost GET /probe 404"
+
+
+def test_one_trusted_hop_takes_the_last_forwarded_entry(tmp_path, monkeypatch, caplog):
+    app = app_with(tmp_path, monkeypatch, PROXY_FIX_HOPS=1)
+    assert seen(app, caplog) == "198.51.100.7 https grader.example.edu GET /probe 404"
+
+
+def test_two_trusted_hops(tmp_path, monkeypatch, caplog):
+    app = app_with(tmp_path, monkeypatch, PROXY_FIX_HOPS=2)
+    assert seen(app, caplog).startswith("203.0.113.9 ")
+
+
+@pytest.mark.parametrize("hops", [-1, "1", 1.5, True])
+def test_bad_hops_refused(tmp_path, monkeypatch, hops):
+    from grader.service.app import ConfigError
+
+    with pytest.raises(ConfigError, match="PROXY_FIX_HOPS must be a whole number"):
+        app_with(tmp_path, monkeypatch, PROXY_FIX_HOPS=hops)
+
+
+def test_waitress_settings_from_config_and_options(tmp_path, monkeypatch):
+    from grader.service.cli import waitress_settings
+
+    app = app_with(tmp_path, monkeypatch, SERVE_CHANNEL_TIMEOUT=12)
+    s = waitress_settings(app.config, {"threads": 3, "connection_limit": None})
+    assert (s["host"], s["port"], s["threads"], s["channel_timeout"]) == ("127.0.0.1", 8000, 3, 12)
+    assert s["connection_limit"] == 1000 and s["cleanup_interval"] == 5
+    assert s["max_request_body_size"] == 2 * app.config["MAX_CONTENT_LENGTH"]
+    assert s["clear_untrusted_proxy_headers"] is True and "unix_socket" not in s
+    app = app_with(tmp_path, monkeypatch, PROXY_FIX_HOPS=1, SERVE_UNIX_SOCKET="/run/copylab/web.sock",
+                   SERVE_UNIX_SOCKET_PERMS=660)
+    s = waitress_settings(app.config, {})
+    assert s["unix_socket"] == "/run/copylab/web.sock" and s["unix_socket_perms"] == "660"
+    assert "host" not in s and "port" not in s
+    assert s["clear_untrusted_proxy_headers"] is False      # ProxyFix decides; waitress must pass them on
+    from waitress.adjustments import Adjustments
+
+    assert Adjustments(**s).unix_socket_perms == 0o660       # waitress accepts every setting
+
+
+def test_serve_help_lists_the_limits():
+    r = subprocess.run([sys.executable, "-m", "flask", "--app", "grader", "serve", "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    for option in ("--connection-limit", "--channel-timeout", "--threads", "--cleanup-interval",
+                   "--max-request-header-size", "--max-request-body-size", "--unix-socket", "--backlog"):
+        assert option in r.stdout, r.stdout
+
+
+def test_site_file_follows_the_instance(tmp_path, monkeypatch):
+    from grader.service.deploy import DeployError, render_site
+
+    app = app_with(tmp_path, monkeypatch, MAX_CONTENT_LENGTH=5_000_000, SERVE_UNIX_SOCKET=str(tmp_path / "w.sock"))
+    (tmp_path / "c.pem").write_text("")
+    site = render_site(app.config, server_name="grader.example.edu", cert=str(tmp_path / "c.pem"),
+                       key=str(tmp_path / "c.pem"), header_timeout=7)
+    assert f"server unix:{tmp_path / 'w.sock'};" in site
+    assert "client_max_body_size 5000000;" in site and "client_header_timeout 7s;" in site
+    assert "return 301 https://grader.example.edu$request_uri;" in site
+    assert "listen *:443 ssl;" in site and "listen *:80;" in site
+    refuse = render_site(app.config, server_name="g", cert="c", key="k", plain_http="refuse")
+    assert "listen *:80" not in refuse
+    with pytest.raises(DeployError, match="server name"):
+        render_site(app.config, server_name="x; include /etc/passwd", cert="c", key="k")
+    with pytest.raises(DeployError, match="plain HTTP"):
+        render_site(app.config, server_name="g", cert="c", key="k", plain_http="allow")
