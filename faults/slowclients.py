@@ -1,7 +1,7 @@
 """Part ``slowclients``: normal requests while slow clients hold connections open.
 
-A slow client connects, sends half a request header and then nothing (over TLS when it talks to nginx,
-after the handshake). The slow clients are reopened whenever the server cuts one, so their number
+A slow client connects, sends half a request header (or a header and the first KB of a 100 KB body)
+and then nothing (over TLS when it talks to nginx, after the handshake). The slow clients are reopened whenever the server cuts one, so their number
 holds during a measurement. Meanwhile one normal client sends GET /login, each on a new connection (a
 user's browser opening one), and the latency of each answer is taken; an answer that is not 200 within
 the timeout is a failure.
@@ -33,6 +33,8 @@ from grader.vm.qemu import free_port
 
 PART = "slowclients"
 HALF_HEADER = b"GET /login HTTP/1.1\r\nHost: localhost\r\nUser-Agent: slow-client\r\nX-Waiting: "
+HALF_BODY = (b"POST /login HTTP/1.1\r\nHost: localhost\r\nUser-Agent: slow-client\r\n"
+             b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\n" + b"a" * 1000)
 P95_TARGET_MS = 500     # a page that answers within half a second is not noticeably slowed down
 
 
@@ -42,11 +44,13 @@ def tls_context(cert: Path) -> ssl.SSLContext:
 
 
 class SlowClients:
-    """``n`` connections to 127.0.0.1:port, each sending half a request header and then holding; the ones the
-    server closes are reopened (while ``reopen`` is true) by a thread of their own, for at most ``limit`` s."""
+    """``n`` connections to 127.0.0.1:port, each sending the start of a request (``sends``: half a header, or
+    a header and part of the body) and then holding; the ones the server closes are reopened (while
+    ``reopen`` is true) by a thread of their own, for at most ``limit`` s."""
 
-    def __init__(self, port: int, n: int, tls: ssl.SSLContext | None = None, limit: float = 600):
-        self.port, self.n, self.tls, self.limit = port, n, tls, limit
+    def __init__(self, port: int, n: int, tls: ssl.SSLContext | None = None, limit: float = 600,
+                 sends: bytes = HALF_HEADER):
+        self.port, self.n, self.tls, self.limit, self.sends = port, n, tls, limit, sends
         self.selector = selectors.DefaultSelector()
         self.reopen = True
         self.cut = 0                  # connections the server closed
@@ -59,7 +63,7 @@ class SlowClients:
         try:
             raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
             sock = self.tls.wrap_socket(raw, server_hostname="127.0.0.1") if self.tls else raw
-            sock.sendall(HALF_HEADER)
+            sock.sendall(self.sends)
             sock.setblocking(False)
         except OSError:
             self.refused += 1
@@ -96,6 +100,7 @@ class SlowClients:
                     self._open_one()
 
     def __enter__(self) -> "SlowClients":
+        self.opened = time.monotonic()
         for _ in range(self.n):
             self._open_one()
         self._thread.start()
@@ -108,11 +113,11 @@ class SlowClients:
             key.fileobj.close()
         self.selector.close()
 
-    def wait_all_cut(self, timeout: float) -> int:
-        """Stop reopening; wait up to ``timeout`` s for the server to close them all; return how many are open."""
+    def wait_all_cut(self, after: float) -> int:
+        """Stop reopening; wait until the server has closed them all, at most until ``after`` s since they were
+        opened; return how many are still open."""
         self.reopen = False
-        deadline = time.monotonic() + timeout
-        while self.open_count() and time.monotonic() < deadline:
+        while self.open_count() and time.monotonic() < self.opened + after:
             time.sleep(0.2)
         return self.open_count()
 
@@ -141,9 +146,8 @@ def timed_requests(port: int, n: int, tls: ssl.SSLContext | None = None, timeout
             "p95_ms": round(statistics.quantiles(ms, n=20)[-1], 1) if len(ms) >= 2 else None}
 
 
-def latency_figure(where: str, slow: int, r: dict, target: bool = True) -> Figure:
-    """One line: where, how many slow clients, median/p95 and failures, against the target."""
-    load = f"{slow} slow clients holding connections" if slow else "no slow clients (baseline)"
+def latency_figure(where: str, load: str, r: dict, target: bool = True) -> Figure:
+    """One line: where, under which load, median/p95 and failures, against the target."""
     value = (f"median {r['median_ms']} ms, p95 {r['p95_ms']} ms, {r['failures']}/{r['requests']} failed"
              if r["ms"] else f"{r['failures']}/{r['requests']} failed")
     if not target:
@@ -154,8 +158,9 @@ def latency_figure(where: str, slow: int, r: dict, target: bool = True) -> Figur
 
 
 def measure(requests: int = 100, slow: tuple[int, ...] = (110, 300), progress=print, header_timeout: int = 10,
-            channel_timeout: int | None = None, compare_waitress_defaults: bool = True) -> dict:
-    """The figures; ``channel_timeout`` None keeps `serve`'s default (the documented deployment)."""
+            body_timeout: int = 20, channel_timeout: int | None = None, compare_waitress_defaults: bool = True) -> dict:
+    """The figures; ``channel_timeout`` None keeps `serve`'s default (the documented deployment), the nginx
+    timeouts default to `nginx-site`'s."""
     from grader.service.config import Defaults
 
     tmp = Path(tempfile.mkdtemp(prefix="copylab-faults-slow-"))
@@ -167,6 +172,7 @@ def measure(requests: int = 100, slow: tuple[int, ...] = (110, 300), progress=pr
         "SECRET_KEY": secrets.token_urlsafe(48), "PROXY_FIX_HOPS": 1, "SERVE_UNIX_SOCKET": str(socket_path)})
     nginx = None
     channel = channel_timeout or Defaults.SERVE_CHANNEL_TIMEOUT
+    kinds = {"header": (HALF_HEADER, "half a header"), "body": (HALF_BODY, "a header and 1 KB of a 100 KB body")}
     try:
         direct.flask("init-db")
         proxied.flask("init-db")
@@ -175,23 +181,37 @@ def measure(requests: int = 100, slow: tuple[int, ...] = (110, 300), progress=pr
         https_port, http_port = free_port(), free_port()
         site = proxied.flask("nginx-site", "--server-name", "localhost", "--cert", str(cert), "--key", str(key),
                              "--https-port", str(https_port), "--http-port", str(http_port), "--listen-address",
-                             "127.0.0.1", "--header-timeout", str(header_timeout))
+                             "127.0.0.1", "--header-timeout", str(header_timeout), "--body-timeout",
+                             str(body_timeout))
         nginx = LocalNginx(tmp / "nginx", site, [https_port, http_port])
         nginx.start()
 
-        def record(key_: str, where: str, n_slow: int, port: int, ctx, target: bool = True,
-                   timeout: float = 10, n: int = requests) -> dict:
-            progress(f"slowclients: {where}, {n_slow} slow clients")
+        def record(key_: str, where: str, n_slow: int, port: int, ctx, kind: str = "header", target: bool = True,
+                   timeout: float = 10, n: int = requests) -> None:
+            load = f"{n_slow} slow clients holding connections with {kinds[kind][1]}" if n_slow else \
+                "no slow clients (baseline)"
+            progress(f"slowclients: {where}, {load}")
             if n_slow:
-                with SlowClients(port, n_slow, ctx) as holders:
+                with SlowClients(port, n_slow, ctx, sends=kinds[kind][0]) as holders:
                     r = timed_requests(port, n, ctx, timeout)
                     r["slow_open_at_end"] = holders.open_count()
                     r["slow_refused"] = holders.refused
             else:
                 r = timed_requests(port, n, ctx, timeout)
             out["runs"][key_] = {k: v for k, v in r.items() if k != "ms"}
-            out["figures"].append(latency_figure(where, n_slow, r, target).as_dict())
-            return r
+            out["figures"].append(latency_figure(where, load, r, target).as_dict())
+
+        def cut(where: str, port: int, ctx, timeouts: dict) -> None:
+            """Slow clients of each kind opened together, no longer reopened: how many are still open 5 s after
+            the server's timeout for that kind."""
+            n = slow[0]
+            with SlowClients(port, n, ctx, sends=HALF_HEADER) as header, \
+                    SlowClients(port, n, ctx, sends=HALF_BODY) as body:
+                for kind, holders in (("header", header), ("body", body)):
+                    what, after = timeouts[kind]
+                    left = holders.wait_all_cut(after + 5)
+                    out["figures"].append(zero(PART, f"of {n} slow clients sending {kinds[kind][1]}, still connected "
+                                                     f"to {where} {after + 5} s after connecting ({what})", left).as_dict())
 
         if compare_waitress_defaults:
             direct.start_web(args=("--connection-limit", "100", "--channel-timeout", "120",
@@ -203,26 +223,21 @@ def measure(requests: int = 100, slow: tuple[int, ...] = (110, 300), progress=pr
         record("direct_baseline", "straight to `serve`", 0, direct.port, None)
         for n in slow:
             record(f"direct_{n}", "straight to `serve`", n, direct.port, None)
+        record(f"direct_{slow[-1]}_body", "straight to `serve`", slow[-1], direct.port, None, kind="body")
         proxied.start_web(answers=lambda: timed_requests(https_port, 1, tls, 2)["failures"] == 0)
         record("nginx_baseline", "through nginx (HTTPS)", 0, https_port, tls)
         for n in slow:
             record(f"nginx_{n}", "through nginx (HTTPS)", n, https_port, tls)
+        record(f"nginx_{slow[-1]}_body", "through nginx (HTTPS)", slow[-1], https_port, tls, kind="body")
 
-        # cut: slow clients that stay open past the server's timeout (nginx: header timeout; waitress:
-        # idle timeout plus one cleanup interval)
-        n = slow[0]
-        with SlowClients(https_port, n, tls) as holders:
-            left = holders.wait_all_cut(header_timeout + 5)
-        out["figures"].append(zero(PART, f"of {n} slow clients, still connected to nginx {header_timeout + 5} s "
-                                         f"after their first byte (header timeout {header_timeout} s)", left).as_dict())
-        waited = channel + Defaults.SERVE_CLEANUP_INTERVAL + 5
-        with SlowClients(direct.port, n, None) as holders:
-            left = holders.wait_all_cut(waited)
-        out["figures"].append(zero(PART, f"of {n} slow clients, still connected to `serve` {waited} s after their "
-                                         f"first byte (idle timeout {channel} s)", left).as_dict())
-        out["settings"] = {"header_timeout": header_timeout, "channel_timeout": channel,
-                           "connection_limit": Defaults.SERVE_CONNECTION_LIMIT, "requests": requests,
-                           "slow": list(slow)}
+        cut("nginx", https_port, tls, {"header": (f"header timeout {header_timeout} s", header_timeout),
+                                       "body": (f"body timeout {body_timeout} s", body_timeout)})
+        # waitress looks for idle connections every cleanup interval
+        idle = (f"idle timeout {channel} s", channel + Defaults.SERVE_CLEANUP_INTERVAL)
+        cut("`serve`", direct.port, None, {"header": idle, "body": idle})
+        out["settings"] = {"header_timeout": header_timeout, "body_timeout": body_timeout,
+                           "channel_timeout": channel, "connection_limit": Defaults.SERVE_CONNECTION_LIMIT,
+                           "requests": requests, "slow": list(slow)}
         return out
     finally:
         if nginx:

@@ -36,7 +36,7 @@ def test_slow_clients_part():
     to `serve` and behind nginx; waitress at its own limits is locked out; every slow client gets cut."""
     from faults import slowclients
 
-    r = slowclients.measure(requests=10, slow=(110,), header_timeout=2, channel_timeout=3,
+    r = slowclients.measure(requests=10, slow=(110,), header_timeout=2, body_timeout=2, channel_timeout=3,
                             progress=lambda msg: None)
     assert r["figures"] and not off_target(r), off_target(r)
     assert r["runs"]["nginx_110"]["slow_open_at_end"] == 110 and r["runs"]["direct_110"]["slow_open_at_end"] == 110
