@@ -29,7 +29,8 @@ class Defaults:
     # --- `flask --app grader serve` (waitress); each is also a `serve` option
     SERVE_HOST = "127.0.0.1"
     SERVE_PORT = 8000
-    SERVE_UNIX_SOCKET = None                # a socket path to listen on instead of SERVE_HOST:SERVE_PORT (behind nginx)
+    SERVE_UNIX_SOCKET = None                # a socket (relative: in the instance folder) to listen on instead of
+                                            # SERVE_HOST:SERVE_PORT, for nginx on the same host
     SERVE_UNIX_SOCKET_PERMS = "660"         # octal mode of that socket: the nginx workers' group must be able to write
     SERVE_THREADS = 8                       # requests handled at once; waiting connections cost no thread
     SERVE_CONNECTION_LIMIT = 1000           # open connections before waitress stops accepting (its default: 100,
@@ -72,9 +73,10 @@ def resolve_paths(config: dict, instance_path: str) -> None:
     inst = Path(instance_path)
     if not config.get("SQLALCHEMY_DATABASE_URI"):
         config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{inst / 'grader.sqlite3'}"
-    for key in ("STORE_DIR", "POOL_VM_DIR"):
-        p = Path(config[key])
-        config[key] = str(p if p.is_absolute() else inst / p)
+    for key in ("STORE_DIR", "POOL_VM_DIR", "SERVE_UNIX_SOCKET"):
+        if config.get(key):
+            p = Path(config[key])
+            config[key] = str(p if p.is_absolute() else inst / p)
     if not config.get("LABS_DIR"):
         config["LABS_DIR"] = str(Path(__file__).resolve().parents[2] / "labs")
     if not config.get("WORKER_NAME"):

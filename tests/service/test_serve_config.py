@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,46 @@ def test_site_file_follows_the_instance(tmp_path, monkeypatch):
         render_site(app.config, server_name="x; include /etc/passwd", cert="c", key="k")
     with pytest.raises(DeployError, match="plain HTTP"):
         render_site(app.config, server_name="g", cert="c", key="k", plain_http="allow")
+
+
+def test_relative_socket_is_in_the_instance_folder(tmp_path, monkeypatch):
+    from grader.service.deploy import upstream_of
+
+    app = app_with(tmp_path, monkeypatch, SERVE_UNIX_SOCKET="web.sock")
+    assert upstream_of(app.config) == f"unix:{tmp_path / 'instance' / 'web.sock'}"
+    assert upstream_of(app_with(tmp_path, monkeypatch).config) == "127.0.0.1:8000"
+
+
+def serve_with_open_files(tmp_path, soft: int, hard: int, *args: str) -> subprocess.Popen:
+    import os
+    import resource
+    import secrets
+
+    env = dict(os.environ, GRADER_INSTANCE_PATH=str(tmp_path / "inst"), GRADER_SECRET_KEY=secrets.token_urlsafe(48))
+    return subprocess.Popen([sys.executable, "-m", "flask", "--app", "grader", "serve", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+
+
+def test_serve_raises_its_open_file_limit_to_fit_the_connection_limit(tmp_path):
+    from grader.vm.qemu import free_port
+
+    p = serve_with_open_files(tmp_path, 256, 4096, "--port", str(free_port()), "--connection-limit", "900")
+    try:
+        deadline = time.monotonic() + 60
+        limits = ""
+        while time.monotonic() < deadline and p.poll() is None:
+            limits = Path(f"/proc/{p.pid}/limits").read_text()
+            if "Max open files            972 " in limits:
+                break
+            time.sleep(0.2)
+        assert "Max open files            972 " in limits, (limits, p.poll())
+    finally:
+        p.terminate()
+        p.wait(30)
+
+
+def test_serve_refuses_a_connection_limit_it_cannot_open(tmp_path):
+    p = serve_with_open_files(tmp_path, 256, 512, "--port", "1", "--connection-limit", "1000")
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode != 0 and "the connection limit needs 1072 open files" in out and "ulimit -Hn" in out

@@ -21,7 +21,7 @@ class DeployError(ValueError):
 def upstream_of(config) -> str:
     """Where nginx reaches `serve`, in nginx's `server` syntax."""
     if config.get("SERVE_UNIX_SOCKET"):
-        return f"unix:{Path(config['SERVE_UNIX_SOCKET']).resolve()}"
+        return f"unix:{config['SERVE_UNIX_SOCKET']}"
     return f"{config['SERVE_HOST']}:{config['SERVE_PORT']}"
 
 
