@@ -141,3 +141,16 @@ def test_serve_refuses_a_connection_limit_it_cannot_open(tmp_path):
     p = serve_with_open_files(tmp_path, 256, 512, "--port", "1", "--connection-limit", "1000")
     out, _ = p.communicate(timeout=60)
     assert p.returncode != 0 and "the connection limit needs 1072 open files" in out and "ulimit -Hn" in out
+
+
+def test_nginx_site_command_writes_the_file_and_warns_without_a_trusted_hop(tmp_path, monkeypatch):
+    (tmp_path / "c.pem").write_text("")
+    args = ["nginx-site", "--server-name", "grader.example.edu", "--cert", str(tmp_path / "c.pem"), "--key",
+            str(tmp_path / "c.pem"), "-o", str(tmp_path / "site.conf")]
+    r = app_with(tmp_path, monkeypatch).test_cli_runner().invoke(args=args)
+    assert r.exit_code == 0 and "warning: PROXY_FIX_HOPS is 0" in r.output
+    assert "server_name grader.example.edu;" in (tmp_path / "site.conf").read_text()
+    r = app_with(tmp_path, monkeypatch, PROXY_FIX_HOPS=1).test_cli_runner().invoke(args=args)
+    assert r.exit_code == 0 and "warning" not in r.output
+    r = app_with(tmp_path, monkeypatch).test_cli_runner().invoke(args=[*args, "--header-timeout", "0"])
+    assert r.exit_code != 0 and "the header timeout must be at least 1 second" in r.output
