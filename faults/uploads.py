@@ -221,10 +221,10 @@ class Reply:
 
 
 class Client:
-    """One caller on 127.0.0.1:port: a keep-alive HTTP/1.1 connection and its own cookies."""
+    """One caller on 127.0.0.1:port: a keep-alive HTTP/1.1 connection (HTTPS with ``tls``) and its own cookies."""
 
-    def __init__(self, port: int, timeout: float = 60):
-        self.port, self.timeout = port, timeout
+    def __init__(self, port: int, timeout: float = 60, tls=None):
+        self.port, self.timeout, self.tls = port, timeout, tls
         self.conn: http.client.HTTPConnection | None = None
         self.cookies: dict[str, str] = {}
         self.requests = 0
@@ -240,7 +240,9 @@ class Client:
         self.requests += 1
         try:
             if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+                self.conn = (http.client.HTTPSConnection("127.0.0.1", self.port, timeout=self.timeout,
+                                                         context=self.tls) if self.tls
+                             else http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout))
             self.conn.request(method, path, body=body, headers=hdrs)
             r = self.conn.getresponse()
             data = r.read()

@@ -98,6 +98,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     cli.register(app)
     _errors(app)
+    _behind_proxy(app)
     from .views.common import register_filters
 
     register_filters(app)
@@ -121,6 +122,26 @@ def _init_login(app: Flask) -> None:
         if user is None or user.session_epoch != int(epoch) or not user.active:
             return None
         return user
+
+
+def _behind_proxy(app: Flask) -> None:
+    """Trust exactly PROXY_FIX_HOPS proxies' forwarding headers (request.remote_addr, request.is_secure and
+    the host are then the client's as the nearest proxy saw it), and log each request with them."""
+    hops = app.config["PROXY_FIX_HOPS"]
+    if isinstance(hops, bool) or not isinstance(hops, int) or hops < 0:
+        raise ConfigError(f"PROXY_FIX_HOPS must be a whole number of proxies (0 or more), not {hops!r}")
+    if hops:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
+    if app.config["ACCESS_LOG"]:
+        access = logging.getLogger("copylab.access")
+
+        @app.after_request
+        def log_request(response):
+            access.info("%s %s %s %s %s %s", request.remote_addr, request.scheme, request.host, request.method,
+                        request.path, response.status_code)
+            return response
 
 
 def _wants_json() -> bool:

@@ -49,6 +49,58 @@ def follow_batch(batch_id: int, timeout: float, label: str) -> dict:
             time.sleep(2)
 
 
+# `serve` option -> (config key, type, what it is); the config's Defaults say why each default is what it is
+SERVE_OPTIONS = {
+    "host": ("SERVE_HOST", str, "address to listen on"),
+    "port": ("SERVE_PORT", int, "TCP port to listen on"),
+    "unix_socket": ("SERVE_UNIX_SOCKET", str, "listen on this Unix socket instead of host:port"),
+    "unix_socket_perms": ("SERVE_UNIX_SOCKET_PERMS", str, "octal mode of the Unix socket"),
+    "threads": ("SERVE_THREADS", int, "requests handled at once"),
+    "connection_limit": ("SERVE_CONNECTION_LIMIT", int, "open connections before new ones wait"),
+    "channel_timeout": ("SERVE_CHANNEL_TIMEOUT", int, "seconds an idle connection is kept"),
+    "cleanup_interval": ("SERVE_CLEANUP_INTERVAL", int, "seconds between checks for idle connections"),
+    "backlog": ("SERVE_BACKLOG", int, "connections queued by the kernel"),
+    "max_request_header_size": ("SERVE_MAX_REQUEST_HEADER_SIZE", int, "bytes of request line and headers"),
+    "max_request_body_size": ("SERVE_MAX_REQUEST_BODY_SIZE", int, "bytes of a request body waitress buffers"),
+}
+
+
+def _serve_options(command):
+    for name, (key, typ, what) in reversed(SERVE_OPTIONS.items()):
+        command = click.option(f"--{name.replace('_', '-')}", name, type=typ, default=None,
+                               help=f"{what} (config {key}, GRADER_{key})")(command)
+    return command
+
+
+def waitress_settings(config, options: dict) -> dict:
+    """waitress.serve() keyword arguments: each `serve` option given, else its config key."""
+    settings = {name: options.get(name) if options.get(name) is not None else config[key]
+                for name, (key, _typ, _what) in SERVE_OPTIONS.items()}
+    if settings["max_request_body_size"] is None:
+        settings["max_request_body_size"] = 2 * config["MAX_CONTENT_LENGTH"]
+    if settings["unix_socket"]:
+        del settings["host"], settings["port"]
+        settings["unix_socket_perms"] = str(settings["unix_socket_perms"])   # octal digits, even from JSON env
+    else:
+        del settings["unix_socket"], settings["unix_socket_perms"]
+    # ProxyFix (PROXY_FIX_HOPS) alone decides which forwarding headers count; without it waitress drops them
+    settings["clear_untrusted_proxy_headers"] = not config["PROXY_FIX_HOPS"]
+    settings["asyncore_use_poll"] = True   # select() stops at 1024 descriptors, below a large connection limit
+    return settings
+
+
+def _fit_open_files(needed: int) -> None:
+    """Raise this process's open-file limit to ``needed`` when it is lower, or refuse to start."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise click.ClickException(f"the connection limit needs {needed} open files but this account may open "
+                                       f"only {hard} (ulimit -Hn); lower SERVE_CONNECTION_LIMIT or raise the limit")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
 def register(app) -> None:
     @app.cli.command("init-db")
     def init_db():
@@ -212,10 +264,8 @@ def register(app) -> None:
         Worker(current_app._get_current_object(), pool).run()
 
     @app.cli.command("serve")
-    @click.option("--host", default="127.0.0.1", show_default=True)
-    @click.option("--port", type=int, default=8000, show_default=True)
-    @click.option("--threads", type=int, default=8, show_default=True)
-    def serve(host, port, threads):
+    @_serve_options
+    def serve(**options):
         """Serve the web UI and API with waitress (refuses a missing or placeholder secret key)."""
         from waitress import serve as wserve
 
@@ -226,8 +276,44 @@ def register(app) -> None:
             require_production_secret(app_)
         except ConfigError as e:
             raise click.ClickException(str(e)) from None
-        click.echo(f"copylab grader on http://{host}:{port}/", err=True)
-        wserve(app_, host=host, port=port, threads=threads, ident="copylab")
+        settings = waitress_settings(app_.config, options)
+        _fit_open_files(settings["connection_limit"] + settings["threads"] + 64)
+        where = (f"unix:{settings['unix_socket']}" if settings.get("unix_socket")
+                 else f"http://{settings['host']}:{settings['port']}/")
+        click.echo(f"copylab grader on {where} (up to {settings['connection_limit']} connections, idle ones "
+                   f"closed after {settings['channel_timeout']}s)", err=True)
+        wserve(app_, ident="copylab", **settings)
+
+    @app.cli.command("nginx-site")
+    @click.option("--server-name", required=True, help="the name in the certificate, e.g. grader.example.edu")
+    @click.option("--cert", required=True, type=click.Path(exists=True, dir_okay=False), help="PEM certificate chain")
+    @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="PEM private key")
+    @click.option("--https-port", type=int, default=443, show_default=True)
+    @click.option("--http-port", type=int, default=80, show_default=True)
+    @click.option("--plain-http", type=click.Choice(["redirect", "refuse"]), default="redirect", show_default=True,
+                  help="redirect: the HTTP port sends browsers to HTTPS; refuse: nothing listens on it")
+    @click.option("--listen-address", default="*", show_default=True)
+    @click.option("--header-timeout", type=int, default=10, show_default=True,
+                  help="seconds a client has for its whole request header")
+    @click.option("--body-timeout", type=int, default=20, show_default=True,
+                  help="seconds a client may pause while sending a body")
+    @click.option("-o", "--output", type=click.Path(dir_okay=False), help="default: stdout")
+    def nginx_site(output, **params):
+        """The nginx site file (TLS, timeouts, body limit, forwarding headers) in front of this instance's `serve`."""
+        from .deploy import DeployError, render_site
+
+        try:
+            text = render_site(current_app.config, **params)
+        except DeployError as e:
+            raise click.ClickException(str(e)) from None
+        if current_app.config["PROXY_FIX_HOPS"] != 1:
+            click.echo(f"warning: PROXY_FIX_HOPS is {current_app.config['PROXY_FIX_HOPS']}; behind this nginx set "
+                       "PROXY_FIX_HOPS = 1, or every client has nginx's address and HTTPS is not seen", err=True)
+        if output:
+            Path(output).write_text(text, encoding="utf-8")
+            click.echo(f"wrote {output}", err=True)
+        else:
+            click.echo(text, nl=False)
 
     @app.cli.command("demo-setup")
     @click.option("--students", type=int, default=3, show_default=True)

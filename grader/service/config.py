@@ -21,6 +21,26 @@ class Defaults:
     PERMANENT_SESSION_LIFETIME = 12 * 3600  # seconds a web login lasts
     WTF_CSRF_TIME_LIMIT = 12 * 3600         # a form's CSRF token expires with the session
     MAX_CONTENT_LENGTH = 2 * 1024 * 1024    # bytes: any request body larger than this is refused (413)
+    PROXY_FIX_HOPS = 0                      # reverse proxies in front whose X-Forwarded-For/-Proto/-Host/-Port are
+                                            # trusted (werkzeug ProxyFix); 0: none, the headers are ignored. Set 1
+                                            # behind the nginx of grader/service/deploy/, and then let nothing but
+                                            # that nginx reach `serve` (a Unix socket), or anyone can claim any address
+    ACCESS_LOG = True                       # a log line per request: client address, scheme, host, method, path, status
+    # --- `flask --app grader serve` (waitress); each is also a `serve` option
+    SERVE_HOST = "127.0.0.1"
+    SERVE_PORT = 8000
+    SERVE_UNIX_SOCKET = None                # a socket (relative: in the instance folder) to listen on instead of
+                                            # SERVE_HOST:SERVE_PORT, for nginx on the same host
+    SERVE_UNIX_SOCKET_PERMS = "660"         # octal mode of that socket: the nginx workers' group must be able to write
+    SERVE_THREADS = 8                       # requests handled at once; waiting connections cost no thread
+    SERVE_CONNECTION_LIMIT = 1000           # open connections before waitress stops accepting (its default: 100,
+                                            # which 100 clients sending half a header use up)
+    SERVE_CHANNEL_TIMEOUT = 30              # seconds a connection may send nothing before it is closed
+    SERVE_CLEANUP_INTERVAL = 5              # seconds between the checks for such connections
+    SERVE_BACKLOG = 1024                    # connections the kernel queues before waitress accepts them
+    SERVE_MAX_REQUEST_HEADER_SIZE = 64 * 1024   # bytes of request line and headers (431 past it)
+    SERVE_MAX_REQUEST_BODY_SIZE = None      # bytes waitress buffers of a body; None: twice MAX_CONTENT_LENGTH, so
+                                            # the app still explains a refusal and nothing larger is buffered
     # --- storage (relative paths are inside the instance folder)
     SQLALCHEMY_DATABASE_URI = None          # default: sqlite:///<instance>/grader.sqlite3
     STORE_DIR = "store"                     # submissions (write-once) and grading artifacts
@@ -53,9 +73,10 @@ def resolve_paths(config: dict, instance_path: str) -> None:
     inst = Path(instance_path)
     if not config.get("SQLALCHEMY_DATABASE_URI"):
         config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{inst / 'grader.sqlite3'}"
-    for key in ("STORE_DIR", "POOL_VM_DIR"):
-        p = Path(config[key])
-        config[key] = str(p if p.is_absolute() else inst / p)
+    for key in ("STORE_DIR", "POOL_VM_DIR", "SERVE_UNIX_SOCKET"):
+        if config.get(key):
+            p = Path(config[key])
+            config[key] = str(p if p.is_absolute() else inst / p)
     if not config.get("LABS_DIR"):
         config["LABS_DIR"] = str(Path(__file__).resolve().parents[2] / "labs")
     if not config.get("WORKER_NAME"):

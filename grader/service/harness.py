@@ -73,21 +73,27 @@ class ServiceProcesses:
         logs.mkdir(exist_ok=True)
         return logs / f"{which}{self.starts[which]}.log"
 
-    def start_web(self, timeout: float = 60) -> float:
-        """Start the web process; return the seconds until it answered."""
+    def _answers(self) -> bool:
+        try:
+            urllib.request.urlopen(self.url + "/login", timeout=2)
+            return True
+        except OSError:
+            return False
+
+    def start_web(self, timeout: float = 60, answers=None, args: tuple = ()) -> float:
+        """Start the web process (`serve` with ``args``); return the seconds until it answered (``answers()``
+        is true; default: its login page on 127.0.0.1:port answers)."""
         self.starts["web"] += 1
         t0 = time.monotonic()
         self.web = subprocess.Popen([sys.executable, "-m", "flask", "--app", "grader", "serve", "--port",
-                                     str(self.port)], cwd=ROOT, env=self.env, start_new_session=True,
+                                     str(self.port), *args], cwd=ROOT, env=self.env, start_new_session=True,
                                     stdout=open(self._log("web"), "wb"), stderr=subprocess.STDOUT)
         while time.monotonic() - t0 < timeout:
             if self.web.poll() is not None:
                 raise HarnessError(f"the web process exited {self.web.returncode}: {self.log('web')}")
-            try:
-                urllib.request.urlopen(self.url + "/login", timeout=2)
+            if (answers or self._answers)():
                 return time.monotonic() - t0
-            except OSError:
-                time.sleep(0.2)
+            time.sleep(0.2)
         raise HarnessError(f"the web process did not answer within {timeout:.0f}s: {self.log('web')}")
 
     def start_worker(self) -> None:
@@ -161,3 +167,90 @@ class ServiceProcesses:
         req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
+
+
+def self_signed_cert(folder: Path, name: str = "localhost") -> tuple[Path, Path]:
+    """A fresh self-signed certificate and key for ``name`` and 127.0.0.1 (openssl), valid for a day."""
+    cert, key = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout",
+                        str(key), "-out", str(cert), "-subj", f"/CN={name}", "-addext",
+                        f"subjectAltName=DNS:{name},IP:127.0.0.1"], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise HarnessError(f"openssl could not make a certificate: {r.stderr}")
+    return cert, key
+
+
+class LocalNginx:
+    """Debian's nginx as a private process serving one rendered site file, as its nginx.conf would include
+    it (sites-enabled/), with everything it writes inside ``folder``. Used by the tests and the fault suite."""
+
+    def __init__(self, folder: Path, site: str, ports: list[int], worker_connections: int = 2048):
+        self.folder, self.ports = Path(folder), ports
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "site.conf").write_text(site)
+        temp = "\n".join(f"    {k}_temp_path {self.folder / 'tmp' / k};" for k in
+                         ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        # as root, the workers would otherwise become nobody, who cannot reach a private folder's socket
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        (self.folder / "nginx.conf").write_text(
+            f"{user}daemon off;\nworker_processes 1;\npid {self.folder / 'nginx.pid'};\n"
+            f"error_log {self.folder / 'error.log'} warn;\n"
+            f"events {{\n    worker_connections {worker_connections};\n}}\n"
+            f"http {{\n    access_log {self.folder / 'access.log'};\n{temp}\n"
+            f"    include {self.folder / 'site.conf'};\n}}\n")
+        self.proc: subprocess.Popen | None = None
+
+    @staticmethod
+    def binary() -> str:
+        import shutil
+
+        found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+        if not found:
+            raise HarnessError("nginx is not installed (apt-get install nginx; provision/host-packages.txt)")
+        return found
+
+    def start(self, timeout: float = 20) -> None:
+        import socket
+
+        (self.folder / "tmp").mkdir(exist_ok=True)
+        cmd = [self.binary(), "-p", str(self.folder), "-c", str(self.folder / "nginx.conf"),
+               "-e", str(self.folder / "error.log")]
+        check = subprocess.run([*cmd, "-t"], capture_output=True, text=True, timeout=30)
+        if check.returncode != 0:
+            raise HarnessError(f"nginx refuses the configuration: {check.stderr}")
+        self.proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                                     stderr=open(self.folder / "stderr.log", "wb"))
+        deadline = time.monotonic() + timeout
+        waiting = list(self.ports)
+        while waiting and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise HarnessError(f"nginx exited {self.proc.returncode}: {self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", waiting[0]), timeout=1).close()
+                waiting.pop(0)
+            except OSError:
+                time.sleep(0.1)
+        if waiting:
+            self.stop()
+            raise HarnessError(f"nginx does not listen on {waiting} after {timeout:.0f}s: {self.log()}")
+
+    def log(self) -> str:
+        p = self.folder / "error.log"
+        return p.read_text(errors="replace")[-3000:] if p.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM (nginx's fast shutdown) to its process group, SIGKILL after 10 s."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def __enter__(self) -> "LocalNginx":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

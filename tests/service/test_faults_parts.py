@@ -29,3 +29,15 @@ def test_access_matrix_part():
     assert r["figures"] and not off_target(r), off_target(r)
     assert r["routes_without_rule"] == [] and r["requests"] > 1000
     assert r["allowed_posts_that_changed_the_database"] > 0   # the write check sees writes
+
+
+def test_slow_clients_part():
+    """Few requests, short timeouts: normal requests answer while 110 slow clients hold connections, straight
+    to `serve` and behind nginx; waitress at its own limits is locked out; every slow client gets cut."""
+    from faults import slowclients
+
+    r = slowclients.measure(requests=10, slow=(110,), header_timeout=2, body_timeout=2, channel_timeout=3,
+                            progress=lambda msg: None)
+    assert r["figures"] and not off_target(r), off_target(r)
+    assert r["runs"]["nginx_110"]["slow_open_at_end"] == 110 and r["runs"]["direct_110"]["slow_open_at_end"] == 110
+    assert r["runs"]["waitress_own_limits"]["failures"] > 0    # the attack is real without the new limits
