@@ -1,5 +1,6 @@
-"""The fault suite's web parts (faults/uploads.py, faults/access.py) at small sizes: each starts the real
-web process on a private instance folder, and every figure it reports must meet its target."""
+"""The fault suite's web parts (faults/uploads.py, faults/access.py, faults/exports.py) at small sizes:
+each starts the real web process on a private instance folder, and every figure it reports must meet
+its target."""
 from __future__ import annotations
 
 import pytest
@@ -29,3 +30,14 @@ def test_access_matrix_part():
     assert r["figures"] and not off_target(r), off_target(r)
     assert r["routes_without_rule"] == [] and r["requests"] > 1000
     assert r["allowed_posts_that_changed_the_database"] > 0   # the write check sees writes
+
+
+def test_exports_part():
+    """Hostile roster names, cohort names and next= values through the real web process and CLI, and the
+    security headers over the whole access matrix: every figure on target."""
+    from faults import exports
+
+    r = exports.measure(progress=lambda msg: None)
+    assert r["figures"] and not off_target(r), off_target(r)
+    assert r["header_requests"] > 1000 and len(r["cohorts"]) == len(exports.WEB_COHORTS + exports.CLI_COHORTS)
+    assert set(r["exports"]) == {"web", "cli"} and all(c["graded"] for c in r["exports"].values())

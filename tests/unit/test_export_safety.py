@@ -74,3 +74,22 @@ def test_next_on_this_site_is_kept(target):
     from grader.service.views.auth import _safe_next
 
     assert _safe_next(target) == target
+
+
+def test_the_fault_suite_checker_sees_live_formulas():
+    """faults/exports.py's own reading of an export: it flags the issue's names as a plain csv writer
+    leaves them, and passes the service's writer's output (neither shares code with the other)."""
+    from faults.exports import check_export, live_formula
+
+    names = {f"N{i}": n for i, n in enumerate(ISSUE_EXAMPLES)}
+    rows = [{"student_number": k, "username": k, "name": v, "status": "no submission"} for k, v in names.items()]
+    fields = ["student_number", "username", "name", "status"]
+    plain = io.StringIO()
+    w = csv.DictWriter(plain, fieldnames=fields, quoting=csv.QUOTE_ALL)
+    w.writeheader()
+    w.writerows(rows)
+    assert len(check_export(plain.getvalue(), names)["live"]) == len(ISSUE_EXAMPLES)
+    good = check_export(csv_text(fields, rows), names)
+    assert good["live"] == [] and good["altered"] == [] and good["unquoted_text"] == []
+    assert [live_formula(x) for x in ("-2", "'=1", " =1", '"@x', "\t", "a=1", 3.0)] == [
+        False, False, True, True, True, False, False]
