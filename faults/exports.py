@@ -323,8 +323,8 @@ def report(formulas, cohorts, logins, headers, all_routes, exceptions, elapsed) 
              + f"; {headers['student_files']} student files served, each as sandboxed text/plain"),
         zero(PART, "server errors from hostile login next= values and cohort names (web and CLI)", len(errors),
              "; ".join(errors[:3]) + (f"; server log: {exceptions[0]}" if exceptions else "") if errors else
-             f"{len(logins)} next= values, {len(cohorts)} cohort names ({len(CLI_COHORTS)} with control characters, "
-             "via the CLI)"),
+             f"{len(hostile)} hostile next= values and {len(ON_SITE_NEXT)} on-site ones, {len(cohorts)} cohort names "
+             f"({len(CLI_COHORTS)} with control characters, via the CLI)"),
         zero(PART, "logins redirected off this site by next=", len(off),
              "; ".join(f"{x['next']!r} -> {x['location']!r}" for x in off[:3]) or
              f"{sum(x['logged_in'] for x in hostile)}/{len(hostile)} hostile ones logged in and went home"),

