@@ -51,8 +51,8 @@ def download_name(*parts: str) -> str:
                    for ch in name)
 
 
-def send_untrusted(path, name: str, as_attachment: bool = False) -> Response:
-    """A file whose content a student controls: plain text, not sniffed, sandboxed."""
-    resp = send_file(path, mimetype="text/plain", as_attachment=as_attachment, download_name=download_name(name))
+def send_untrusted(path, name: str) -> Response:
+    """A file whose content a student controls, shown inline: plain text, not sniffed, sandboxed."""
+    resp = send_file(path, mimetype="text/plain", download_name=download_name(name))
     resp.headers["Content-Security-Policy"] = SANDBOX_CSP
     return resp
