@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,8 +22,7 @@ import urllib.parse
 from pathlib import Path
 
 from faults.report import Figure, ratio, zero
-from faults.uploads import (REPO, Client, Server, csrf_of, in_process_app, multipart, new_sandbox, repo_on_path,
-                            urlencoded)
+from faults.uploads import REPO, Client, csrf_of, multipart, urlencoded
 
 PART = "exports"
 FORMULA_CHARS = "=+-@"
@@ -266,32 +264,25 @@ def matrix_headers(app, world: dict, callers, sessions, port: int) -> dict:
 
 
 def measure(progress=print) -> dict:
-    """Build the access matrix's world, serve it, and run the three checks."""
-    repo_on_path()
+    """Serve the access matrix's world and run the three checks."""
     from faults import access
 
     t0 = time.monotonic()
-    sandbox, instance = new_sandbox("copylab-faults-exports-")
-    try:
-        with in_process_app(instance) as app:
-            world = access.build_world(app)
-            progress(f"exports: world ready ({time.monotonic() - t0:.1f}s)")
-            with Server(sandbox, instance) as server:
-                callers, sessions = access.make_callers(app, world, server.port)
-                teacher = teacher_client(server.port, sessions["teacher"].cookie)
-                formulas = export_formulas(instance, teacher, world)
-                progress(f"exports: hostile roster exported ({time.monotonic() - t0:.1f}s)")
-                cohorts = cohort_exports(app, instance, teacher)
-                logins = hostile_logins(server.port, world)
-                progress(f"exports: {len(cohorts)} hostile cohorts, {len(logins)} logins with next= "
-                         f"({time.monotonic() - t0:.1f}s)")
-                headers = matrix_headers(app, world, callers, sessions, server.port)
-                teacher.close()
-            exceptions = server.exceptions()
-            all_routes = sorted({r.endpoint for r in app.url_map.iter_rules()})
-        return report(formulas, cohorts, logins, headers, all_routes, exceptions, round(time.monotonic() - t0, 1))
-    finally:
-        shutil.rmtree(sandbox, ignore_errors=True)
+    with access.served_world(PART, progress) as (app, world, server, instance):
+        callers, sessions = access.make_callers(app, world, server.port)
+        teacher = teacher_client(server.port, sessions["teacher"].cookie)
+        formulas = export_formulas(instance, teacher, world)
+        progress(f"exports: hostile roster exported ({time.monotonic() - t0:.1f}s)")
+        cohorts = cohort_exports(app, instance, teacher)
+        logins = hostile_logins(server.port, world)
+        progress(f"exports: {len(cohorts)} hostile cohorts, {len(logins)} logins with next= "
+                 f"({time.monotonic() - t0:.1f}s)")
+        headers = matrix_headers(app, world, callers, sessions, server.port)
+        teacher.close()
+        server.stop()
+        exceptions = server.exceptions()
+        all_routes = sorted({r.endpoint for r in app.url_map.iter_rules()})
+    return report(formulas, cohorts, logins, headers, all_routes, exceptions, round(time.monotonic() - t0, 1))
 
 
 def report(formulas, cohorts, logins, headers, all_routes, exceptions, elapsed) -> dict:
