@@ -1,12 +1,13 @@
 """`make faults` (python -m faults): the fault and abuse suite. Writes faults/results/latest.json and
 latest.md (one figure per line) and the README section between the faults markers.
 
-    python -m faults [--only pool,webkill,hostkey,uploads,access,slowclients] [--uploads 2000] [--pool-vms 2]
+    python -m faults [--only pool,webkill,hostkey,uploads,access,slowclients,exports] [--uploads 2000] [--pool-vms 2]
                      [--kills worker=2,web=4,qemu=2] [--faults panic,hang,...] [--seed 1] [--no-readme]
 
 Parts: ``pool`` (kernel faults, user-space faults and restarts, on one service with a VM pool),
 ``webkill`` (hand-ins in flight while the web process is killed again and again), ``hostkey``, ``uploads``, ``access``,
-``slowclients`` (normal requests while slow clients hold connections, straight to `serve` and behind nginx). Every loop is bounded in count and time; all traffic stays on
+``slowclients`` (normal requests while slow clients hold connections, straight to `serve` and behind nginx),
+``exports`` (formula cells in CSV exports, security headers on every route, hostile next= and cohort names). Every loop is bounded in count and time; all traffic stays on
 this machine (127.0.0.1 and QEMU's user-mode network).
 """
 from __future__ import annotations
@@ -22,9 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "faults" / "results"
 BEGIN, END = "<!-- faults:begin -->", "<!-- faults:end -->"
-PARTS = ["pool", "webkill", "hostkey", "uploads", "access", "slowclients"]
+PARTS = ["pool", "webkill", "hostkey", "uploads", "access", "slowclients", "exports"]
 # report order: the pool part's figures carry their own part names (kernel, user, restarts)
-ORDER = ["pool", "webkill", "uploads", "access", "slowclients", "hostkey"]
+ORDER = ["pool", "webkill", "uploads", "access", "exports", "slowclients", "hostkey"]
 
 
 def say(msg: str) -> None:
@@ -111,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         from faults import slowclients
 
         run("slowclients", lambda: slowclients.measure(progress=say))
+    if "exports" in only:
+        from faults import exports
+
+        run("exports", lambda: exports.measure(progress=say))
     result["wall_s"] = round(time.monotonic() - t0 + result.get("wall_s_merged", 0), 1)
     (RESULTS / "partial.json").unlink(missing_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

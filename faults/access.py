@@ -12,6 +12,7 @@ that replays a recorded engine run (grading on a VM is not what this part measur
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import io
@@ -540,27 +541,37 @@ def first(records: list[dict], key: str, limit: int = 10) -> list[dict]:
     return [r for r in records if r[key]][:limit]
 
 
-def measure(progress=print) -> dict:
-    """Build the world, serve it, send the whole matrix and count unauthorised reads and writes."""
+@contextlib.contextmanager
+def served_world(part: str, progress):
+    """The world of `build_world` on a private instance folder in a temporary sandbox, served by the real
+    web process: yields (app, world, server, instance); the sandbox is removed afterwards."""
     repo_on_path()
     t0 = time.monotonic()
-    sandbox, instance = new_sandbox("copylab-faults-access-")
+    sandbox, instance = new_sandbox(f"copylab-faults-{part}-")
     try:
         with in_process_app(instance) as app:
             world = build_world(app)
-            progress(f"access: world ready ({time.monotonic() - t0:.1f}s)")
+            progress(f"{part}: world ready ({time.monotonic() - t0:.1f}s)")
             with Server(sandbox, instance) as server:
-                callers, sessions = make_callers(app, world, server.port)
-                attempts, unruled, skipped = plan(app, world, callers, sessions)
-                progress(f"access: {len(attempts)} requests: {len({(a.endpoint, a.method) for a in attempts})} "
-                         f"route methods x objects x {len(callers)} credentials")
-                records = run_matrix(app, world, attempts, server.port, progress)
-            exceptions = server.exceptions()
-            total_routes = sorted({r.endpoint for r in app.url_map.iter_rules()})
-        return report(records, world, callers, unruled, skipped, total_routes, exceptions,
-                      round(time.monotonic() - t0, 1))
+                yield app, world, server, instance
     finally:
         shutil.rmtree(sandbox, ignore_errors=True)
+
+
+def measure(progress=print) -> dict:
+    """Build the world, serve it, send the whole matrix and count unauthorised reads and writes."""
+    t0 = time.monotonic()
+    with served_world(PART, progress) as (app, world, server, _instance):
+        callers, sessions = make_callers(app, world, server.port)
+        attempts, unruled, skipped = plan(app, world, callers, sessions)
+        progress(f"access: {len(attempts)} requests: {len({(a.endpoint, a.method) for a in attempts})} "
+                 f"route methods x objects x {len(callers)} credentials")
+        records = run_matrix(app, world, attempts, server.port, progress)
+        server.stop()
+        exceptions = server.exceptions()
+        total_routes = sorted({r.endpoint for r in app.url_map.iter_rules()})
+    return report(records, world, callers, unruled, skipped, total_routes, exceptions,
+                  round(time.monotonic() - t0, 1))
 
 
 def report(records, world, callers, unruled, skipped, total_routes, exceptions, elapsed) -> dict:

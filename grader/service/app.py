@@ -13,6 +13,7 @@ from sqlalchemy import event
 from werkzeug.exceptions import BadRequest
 
 from .config import Defaults, check_secret, resolve_paths
+from .headers import init_headers
 from .models import User, db
 
 MIGRATIONS = str(Path(__file__).resolve().parent / "migrations")
@@ -81,6 +82,7 @@ def create_app(test_config: dict | None = None) -> Flask:
             _sqlite_pragmas(db.engine)
     CSRFProtect(app)
     _init_login(app)
+    init_headers(app)
 
     from .dispatch import Dispatcher
 

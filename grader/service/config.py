@@ -18,6 +18,10 @@ class Defaults:
     SECRET_KEY = None                      # required outside development: GRADER_SECRET_KEY
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_SECURE = False           # True: always Secure; otherwise Secure on requests that came over HTTPS
+    # CSP of the app's own pages (no inline script or style in them); student files get a sandbox instead
+    CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'")
     PERMANENT_SESSION_LIFETIME = 12 * 3600  # seconds a web login lasts
     WTF_CSRF_TIME_LIMIT = 12 * 3600         # a form's CSRF token expires with the session
     MAX_CONTENT_LENGTH = 2 * 1024 * 1024    # bytes: any request body larger than this is refused (413)

@@ -2,11 +2,10 @@
 statistics, and the exports (gradebook CSV for an LMS, per-student JSON)."""
 from __future__ import annotations
 
-import csv
-import io
 from collections import Counter
 from dataclasses import dataclass
 
+from .csvcells import csv_text
 from .models import Assignment, Batch, Extension, Job, Membership, Result, Submission, User, db
 from .policy import Lateness, lateness
 
@@ -82,26 +81,22 @@ CSV_FIELDS = ["student_number", "username", "name", "email", "submissions", "gra
 
 
 def gradebook_csv(assignment: Assignment) -> str:
-    out = io.StringIO()
-    w = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\r\n")
-    w.writeheader()
-    for r in rows(assignment):
-        w.writerow({
-            "student_number": r.user.student_number or "", "username": r.user.username,
-            "name": r.user.name, "email": r.user.email or "", "submissions": r.submissions,
-            "graded_submission": r.graded.id if r.graded else "",
-            "submitted_at_utc": r.graded.created_at.strftime("%Y-%m-%dT%H:%M:%SZ") if r.graded else "",
-            "deadline_utc": (r.late.deadline if r.late else (r.extension.deadline if r.extension
-                             else assignment.deadline)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "extension": "yes" if r.extension else "no",
-            "late_days": r.late.late_days if r.late else "",
-            "penalty_percent": f"{r.late.penalty_percent:g}" if r.late else "",
-            "raw_score": f"{r.raw_score:g}" if r.result else "",
-            "max_score": f"{r.result.max_score:g}" if r.result else "",
-            "final_score": f"{r.final_score:g}" if r.result else "0",
-            "status": r.status,
-        })
-    return out.getvalue()
+    """The gradebook for an LMS: scores and counts as numbers, student-controlled text neutralised."""
+    return csv_text(CSV_FIELDS, ({
+        "student_number": r.user.student_number, "username": r.user.username,
+        "name": r.user.name, "email": r.user.email, "submissions": r.submissions,
+        "graded_submission": r.graded.id if r.graded else None,
+        "submitted_at_utc": r.graded.created_at.strftime("%Y-%m-%dT%H:%M:%SZ") if r.graded else None,
+        "deadline_utc": (r.late.deadline if r.late else (r.extension.deadline if r.extension
+                         else assignment.deadline)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "extension": "yes" if r.extension else "no",
+        "late_days": r.late.late_days if r.late else None,
+        "penalty_percent": float(r.late.penalty_percent) if r.late else None,
+        "raw_score": float(r.raw_score) if r.result else None,
+        "max_score": float(r.result.max_score) if r.result else None,
+        "final_score": float(r.final_score) if r.result else 0,
+        "status": r.status,
+    } for r in rows(assignment)))
 
 
 def student_results(assignment: Assignment, user: User) -> dict:

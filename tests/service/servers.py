@@ -47,6 +47,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,8 @@ __all__ = [
     "running_postgres",
     "running_redis",
     "running_chromium",
+    "serving",
+    "serving_pages",
     "postgres_server",
     "redis_server",
     "chromium_browser",
@@ -524,6 +527,44 @@ def running_chromium(timeout: float = STARTUP_TIMEOUT, **launch_kwargs):
             raise ServerError(f"Chromium did not start: {exc}") from exc
         stack.callback(browser.close)
         yield browser
+
+
+# --------------------------------------------------------------------------- pages for the browser
+
+@contextlib.contextmanager
+def serving(server) -> Iterator[str]:
+    """Run an ``http.server``-style ``server`` bound to 127.0.0.1 (werkzeug's ``make_server`` too) in a
+    thread; yield its base URL (no trailing slash); shut it down on exit."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{HOST}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@contextlib.contextmanager
+def serving_pages(pages: dict[str, bytes], default: bytes) -> Iterator[str]:
+    """A tiny http.server on a free 127.0.0.1 port answering ``pages[path]``, else ``default``, as HTML;
+    yield its base URL."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = pages.get(self.path, default)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # keep the test output quiet
+            pass
+
+    with serving(ThreadingHTTPServer((HOST, 0), Handler)) as url:
+        yield url
 
 
 # --------------------------------------------------------------------------- pytest fixtures

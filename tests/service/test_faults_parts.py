@@ -1,5 +1,6 @@
-"""The fault suite's web parts (faults/uploads.py, faults/access.py) at small sizes: each starts the real
-web process on a private instance folder, and every figure it reports must meet its target."""
+"""The fault suite's web parts (faults/uploads.py, faults/access.py, faults/exports.py) at small sizes:
+each starts the real web process on a private instance folder, and every figure it reports must meet
+its target."""
 from __future__ import annotations
 
 import pytest
@@ -41,3 +42,12 @@ def test_slow_clients_part():
     assert r["figures"] and not off_target(r), off_target(r)
     assert r["runs"]["nginx_110"]["slow_open_at_end"] == 110 and r["runs"]["direct_110"]["slow_open_at_end"] == 110
     assert r["runs"]["waitress_own_limits"]["failures"] > 0    # the attack is real without the new limits
+def test_exports_part():
+    """Hostile roster names, cohort names and next= values through the real web process and CLI, and the
+    security headers over the whole access matrix: every figure on target."""
+    from faults import exports
+
+    r = exports.measure(progress=lambda msg: None)
+    assert r["figures"] and not off_target(r), off_target(r)
+    assert r["header_requests"] > 1000 and len(r["cohorts"]) == len(exports.WEB_COHORTS + exports.CLI_COHORTS)
+    assert set(r["exports"]) == {"web", "cli"} and all(c["graded"] for c in r["exports"].values())

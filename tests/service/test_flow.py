@@ -29,4 +29,4 @@ def test_student_submits_and_sees_result(app, browser):
     svg = teacher.get(f"/instructor/assignments/{aid}/histogram.svg")
     assert svg.mimetype == "image/svg+xml" and svg.data.count(b'class="bar"') == 10
     csv = teacher.get(f"/instructor/assignments/{aid}/gradebook.csv").get_data(as_text=True)
-    assert "S1,alice,Alice" in csv and ",100,100,100,graded" in csv
+    assert '"S1","alice","Alice"' in csv and ',100,100,100,"graded' in csv   # text quoted, scores numbers

@@ -6,10 +6,9 @@ with its own session cache, so this module would start a second PostgreSQL, Redi
 """
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
+
+from tests.service.servers import serving_pages  # a helper, not a fixture
 
 PAGE = b"""<!doctype html>
 <html><head><title>copylab smoke</title></head>
@@ -20,27 +19,8 @@ PAGE = b"""<!doctype html>
 @pytest.fixture
 def page_server():
     """A tiny http.server on a free 127.0.0.1 port serving PAGE at every path; yields its URL."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(PAGE)))
-            self.end_headers()
-            self.wfile.write(PAGE)
-
-        def log_message(self, *args):  # keep the test output quiet
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+    with serving_pages({}, PAGE) as url:
+        yield url + "/"
 
 
 def test_postgres_query_and_new_database(postgres_server):

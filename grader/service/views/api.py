@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from functools import wraps
 
-from flask import Blueprint, abort, current_app, g, jsonify, request, send_file, url_for
+from flask import Blueprint, abort, current_app, g, jsonify, request, url_for
 
 from .. import jobs
+from ..headers import send_untrusted
 from ..models import ApiToken, Assignment, Membership, User, db, utcnow
 from ..policy import QuotaExceeded
 from ..store import Store
@@ -108,4 +109,4 @@ def artifact(submission_id: int, name: str):
         if result and result.artifacts_key else None
     if path is None:
         abort(404)
-    return send_file(path, mimetype="text/plain", download_name=name)
+    return send_untrusted(path, name)

@@ -12,12 +12,15 @@ bp = Blueprint("auth", __name__)
 
 
 def _safe_next(target: str | None) -> str | None:
-    if not target:
+    """`target` when it is a path on this site, else None. Browsers drop tabs and newlines from a
+    Location and read a backslash as a slash, so `/\\evil.example` or `/<TAB>/evil.example` would leave
+    the site; a control character in a header would also fail the response."""
+    if not target or len(target) > 2000 or not target.isascii() or not target.isprintable():
+        return None
+    if "\\" in target or not target.startswith("/") or target.startswith("//"):
         return None
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
-        return None
-    return target
+    return None if parts.scheme or parts.netloc else target
 
 
 @bp.route("/login", methods=["GET", "POST"])

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 
-from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, send_file, url_for
 from flask_login import current_user
 
 from .. import batches
 from ..gradebook import (batch_progress, failing_checks, gradebook_csv, histogram, queue_counts, rows,
                          student_results)
+from ..headers import download_name
 from ..labs import available_labs, lab_spec
 from ..models import Assignment, Cohort, Extension, Job, Membership, User, db
 from ..plots import histogram_svg
@@ -213,9 +215,8 @@ def extension(assignment_id: int):
 @instructor_required
 def gradebook(assignment_id: int):
     a = _assignment(assignment_id)
-    name = f"{a.cohort.name}-{a.lab}-grades.csv".replace(" ", "_")
-    return Response(gradebook_csv(a), mimetype="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return send_file(io.BytesIO(gradebook_csv(a).encode()), mimetype="text/csv", as_attachment=True,
+                     download_name=download_name(a.cohort.name, a.lab, "grades.csv"))
 
 
 @bp.route("/assignments/<int:assignment_id>/results.json")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import secrets
 
-from flask import (Blueprint, abort, current_app, flash, redirect, render_template, request,
-                   send_file, url_for)
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from .. import jobs
 from ..gradebook import row_for
+from ..headers import send_untrusted
 from ..labs import lab_spec
 from ..models import ApiToken, Assignment, Membership, Submission, db, utcnow
 from ..policy import QuotaExceeded, effective_deadline
@@ -101,7 +101,7 @@ def artifact(submission_id: int, name: str):
     path = Store(current_app.config["STORE_DIR"]).artifact_path(result.artifacts_key, name)
     if path is None:
         abort(404)
-    return send_file(path, mimetype="text/plain", as_attachment=False, download_name=name)
+    return send_untrusted(path, name)
 
 
 @bp.route("/submissions/<int:submission_id>/files/<name>")
@@ -111,7 +111,7 @@ def source(submission_id: int, name: str):
     if name not in sub.files:
         abort(404)
     path = Store(current_app.config["STORE_DIR"]).submission_dir(sub.storage_key) / name
-    return send_file(path, mimetype="text/plain", download_name=name)
+    return send_untrusted(path, name)
 
 
 @bp.route("/tokens", methods=["GET", "POST"])
