@@ -81,8 +81,10 @@ class QemuLabVM:
         if self.persistent:
             self.ready_file.write_text(json.dumps({"golden": str(self.golden), "hostkey": self.vm.hostkey,
                                                    "snapshot": SNAPSHOT}))
+        c = self.confinement() or {}
         self.progress(f"lab VM ready in {time.monotonic() - t:.0f}s "
-                      f"({self.vm.accel.accel}: {self.vm.accel.reason})")
+                      f"({self.vm.accel.accel}: {self.vm.accel.reason}; QEMU seccomp mode {c.get('seccomp')} "
+                      f"as {c.get('user')}, uid {c.get('uid')})")
 
     def _resume(self) -> bool:
         """Start QEMU from the overlay's clean snapshot (persistent VMs); False when there is none or it

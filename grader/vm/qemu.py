@@ -128,6 +128,18 @@ class QemuAccount:
             bits = st.st_mode
         return bits & want == want
 
+    def reachable(self, paths: list[Path]) -> list[Path]:
+        """Those of ``paths`` this account can read (a file) or enter or list (a folder), tried for real
+        by a shell running as the account; for the grader's own account, every existing one."""
+        paths = [p for p in paths if p.exists()]
+        if not self.switched or not paths:
+            return paths
+        script = ('for p; do if [ -d "$p" ]; then { [ -r "$p" ] || [ -x "$p" ]; } else [ -r "$p" ]; fi '
+                  '&& echo "$p"; done; exit 0')
+        r = subprocess.run(["/bin/sh", "-c", script, "sh", *map(str, paths)], capture_output=True, text=True,
+                           timeout=30, check=True, cwd="/", **self.popen_kwargs())
+        return [Path(line) for line in r.stdout.splitlines()]
+
 
 def qemu_account(name: str | None = None) -> QemuAccount:
     """Who QEMU runs as. ``name`` None: ``COPYLAB_QEMU_USER``, else ``copylab-qemu``; an empty name: the

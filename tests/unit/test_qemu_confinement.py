@@ -188,3 +188,42 @@ def test_real_qemu_runs_sandboxed_as_the_account_with_only_its_descriptors(tmp_p
         proc.kill()
         proc.wait(10)
         proc.stderr.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root grader switches accounts")
+def test_the_worker_refuses_an_account_that_could_read_the_database_store_or_secret():
+    """Tried for real, as the account: an instance in a folder it can enter, with the modes a umask of
+    022 gives, is refused, naming each path; the same instance made private is accepted."""
+    import shutil
+    import tempfile
+
+    from grader.service.pool import check_qemu_account
+
+    top = Path(tempfile.mkdtemp(prefix="copylab-qemu-acct-", dir="/tmp"))
+    try:
+        os.chmod(top, 0o755)
+        inst = top / "instance"
+        (inst / "store").mkdir(parents=True, mode=0o755)
+        os.chmod(inst, 0o755)
+        for name in ("config.py", "grader.sqlite3"):
+            (inst / name).write_text("SECRET_KEY = 'x'\n")
+            os.chmod(inst / name, 0o644)
+        config = {"POOL_QEMU_USER": DEFAULT_QEMU_USER, "STORE_DIR": str(inst / "store"),
+                  "SQLALCHEMY_DATABASE_URI": f"sqlite:///{inst / 'grader.sqlite3'}"}
+        with pytest.raises(VMStartError) as e:
+            check_qemu_account(config, inst)
+        for name in ("config.py", "grader.sqlite3", "store"):
+            assert str(inst / name) in str(e.value)
+        assert "chmod 700" in str(e.value)
+
+        os.chmod(inst, 0o711)          # enterable, but nothing inside is readable by others
+        for name in ("config.py", "grader.sqlite3"):
+            os.chmod(inst / name, 0o600)
+        os.chmod(inst / "store", 0o700)
+        assert check_qemu_account(config, inst).switched
+        os.chmod(inst, 0o700)
+        assert check_qemu_account(config, inst).name == DEFAULT_QEMU_USER
+        # an empty POOL_QEMU_USER: QEMU as the worker itself, nothing to check against
+        assert not check_qemu_account(dict(config, POOL_QEMU_USER=""), inst).switched
+    finally:
+        shutil.rmtree(top)
