@@ -277,7 +277,8 @@ def probe_accel(image: ImageSpec, workdir: Path, timeout: float = 12.0,
     log.unlink(missing_ok=True)
     console = "ttyAMA0" if image.arch == "aarch64" else "ttyS0"
     files = QemuFiles()
-    cmd = [QEMU_BINARIES[image.arch], "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults",
+    cmd = [QEMU_BINARIES[image.arch], "-name", str(workdir / "kvm-probe"), "-accel", "kvm", "-cpu", "host",
+           "-m", "256", "-nodefaults",
            "-display", "none", "-no-reboot", "-sandbox", SANDBOX,
            "-chardev", f"file,id=serial0,path={files.fdset(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)}",
            "-serial", "chardev:serial0", "-kernel", files.inherited(image.kernel),
