@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -82,7 +80,7 @@ def figures(seen: dict[int, dict], account, outcomes: list[tuple[str, str, str]]
 
 def measure(golden: Path, progress=print) -> dict:
     from faults import submissions as subs
-    from faults.pool_run import Clients, job_rows, wait_final
+    from faults.pool_run import Clients, job_rows, reap_qemu, wait_final
     from grader.service.config import Defaults
     from grader.service.harness import ServiceProcesses
     from grader.vm.qemu import qemu_account
@@ -107,12 +105,7 @@ def measure(golden: Path, progress=print) -> dict:
     finally:
         sampler.stop()
         svc.stop()
-        deadline = time.monotonic() + 20
-        while svc.qemu_pids() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        leaked = svc.qemu_pids()
-        for pid in leaked:
-            os.kill(pid, signal.SIGKILL)
+        leaked = reap_qemu(svc)
         svc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
     last = {labels[r["submission"]]: r for r in rows if r["submission"] in labels}
