@@ -153,7 +153,8 @@ def qemu_account(name: str | None = None) -> QemuAccount:
         return QemuAccount(me.pw_name, me.pw_uid, os.getegid(), tuple(os.getgroups()), False, why)
 
     if not name or name == me.pw_name:
-        return own("no separate QEMU account configured (COPYLAB_QEMU_USER / POOL_QEMU_USER is empty)")
+        return own("no separate QEMU account configured (COPYLAB_QEMU_USER / POOL_QEMU_USER is empty or "
+                   "names the grader's own user)")
     if os.geteuid() != 0:
         return own(f"the grader runs as {me.pw_name}, not root, so it cannot start QEMU as {name}")
     try:
