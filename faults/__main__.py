@@ -6,8 +6,9 @@ latest.md (one figure per line) and the README section between the faults marker
 
 Parts: ``pool`` (kernel faults, user-space faults and restarts, on one service with a VM pool),
 ``webkill`` (hand-ins in flight while the web process is killed again and again), ``hostkey``, ``uploads``, ``access``,
-``qemusandbox`` (every QEMU of a one-VM pool confined, through a panic and the restore). Every loop is bounded in count and time; all traffic stays on
-this machine (127.0.0.1 and QEMU's user-mode network).
+``qemusandbox`` (every QEMU of a one-VM pool confined, through a panic and the restore).
+Every loop is bounded in count and time; all traffic stays on this machine (127.0.0.1 and QEMU's
+user-mode network).
 """
 from __future__ import annotations
 
