@@ -98,9 +98,11 @@ class VMPool:
 
 
 def private_paths(config: dict, instance_path: str | Path | None) -> list[Path]:
-    """What QEMU's account must never reach: the instance's config.py (the secret), the SQLite database
-    and the store (submissions, artifacts)."""
-    paths = [Path(config["STORE_DIR"])] + ([Path(instance_path) / "config.py"] if instance_path else [])
+    """What QEMU's account must never reach: the instance folder itself (files created there later,
+    such as the database, are then out of reach too), its config.py (the secret), the SQLite database
+    and the store (submissions, artifacts), wherever those two are configured to be."""
+    inst = [Path(instance_path), Path(instance_path) / "config.py"] if instance_path else []
+    paths = inst + [Path(config["STORE_DIR"])]
     uri = str(config.get("SQLALCHEMY_DATABASE_URI") or "")
     if uri.startswith("sqlite:///"):
         paths.append(Path(uri[len("sqlite:///"):]))
@@ -108,7 +110,7 @@ def private_paths(config: dict, instance_path: str | Path | None) -> list[Path]:
 
 
 def check_qemu_account(config: dict, instance_path: str | Path | None):
-    """The pool's QEMU account (POOL_QEMU_USER), refused when it could read any of private_paths."""
+    """The pool's QEMU account (POOL_QEMU_USER), refused when it could reach any of private_paths."""
     from grader.vm.qemu import VMStartError, qemu_account
 
     account = qemu_account(config.get("POOL_QEMU_USER"))
