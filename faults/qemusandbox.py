@@ -9,6 +9,7 @@ with its last reading, taken while it ran.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -85,7 +86,12 @@ def measure(golden: Path, progress=print) -> dict:
     from grader.service.harness import ServiceProcesses
     from grader.vm.qemu import qemu_account
 
-    account = qemu_account(os.environ.get("GRADER_POOL_QEMU_USER", Defaults.POOL_QEMU_USER))
+    raw = os.environ.get("GRADER_POOL_QEMU_USER")
+    try:   # the way the worker's config reads GRADER_* values: JSON when it parses, else the string
+        name = Defaults.POOL_QEMU_USER if raw is None else json.loads(raw)
+    except ValueError:
+        name = raw
+    account = qemu_account(name)
     faults = {f.name: f for f in subs.FAULTS}
     tmp = Path(tempfile.mkdtemp(prefix="copylab-faults-sandbox-"))
     svc = ServiceProcesses(tmp / "instance", golden, progress, pool_vms=1)
