@@ -12,8 +12,9 @@ KIT_DIR ?= build/copylab-kit
 # lab VM architecture of `make image` / `make box`: amd64, or arm64 (the Apple Silicon box; built on
 # any host, under emulation on x86_64)
 COPYLAB_ARCH ?= amd64
+QEMU_USER ?= $(or $(COPYLAB_QEMU_USER),copylab-qemu)
 
-.PHONY: help deps apt-deps venv image box demo test test-fast bench faults lint kit clean-cache
+.PHONY: help deps apt-deps qemu-account venv image box demo test test-fast bench faults lint kit clean-cache
 
 help:
 	@echo "make demo       bring up a lab VM and grade the reference solution"
@@ -26,7 +27,7 @@ help:
 	@echo "make lint       ansible-lint the provisioning"
 	@echo "make kit        export the student kit to \$$KIT_DIR (default build/copylab-kit; KIT_ARGS=--force, --format tar|git)"
 
-deps: apt-deps venv
+deps: apt-deps qemu-account venv
 
 apt-deps:
 	@missing=$$(for p in $(HOST_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -34,6 +35,15 @@ apt-deps:
 	  echo "installing host packages:" $$missing; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	else echo "host packages: all present"; fi
+
+# The unprivileged account lab VMs' QEMU runs as (COPYLAB_QEMU_USER / GRADER_POOL_QEMU_USER); in the kvm
+# group where there is one, so that KVM stays usable
+qemu-account:
+	@id -u $(QEMU_USER) >/dev/null 2>&1 || { echo "creating the account $(QEMU_USER) for QEMU"; \
+	  $(SUDO) useradd --system --user-group --no-create-home --home-dir /nonexistent \
+	    --shell /usr/sbin/nologin $(QEMU_USER); }
+	@if getent group kvm >/dev/null && ! id -nG $(QEMU_USER) | grep -qw kvm; then \
+	  $(SUDO) usermod -a -G kvm $(QEMU_USER); fi
 
 venv: $(VENV)/.installed
 

@@ -144,6 +144,17 @@ def job_rows(svc: ServiceProcesses) -> list[dict]:
     return out
 
 
+def reap_qemu(svc: ServiceProcesses, grace: float = 20) -> list[int]:
+    """After the service stopped: the QEMU processes still there after ``grace`` seconds (leaked), killed."""
+    deadline = time.monotonic() + grace
+    while svc.qemu_pids() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    leaked = svc.qemu_pids()
+    for pid in leaked:
+        os.kill(pid, signal.SIGKILL)
+    return leaked
+
+
 def wait_final(svc: ServiceProcesses, sub_ids: list[int], timeout: float, progress) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -208,12 +219,7 @@ def measure(golden: Path, pool_vms: int = 2, kills: dict | None = None, seed: in
         chaos.stop_flag.set()
         with chaos.lock:
             svc.stop()
-        deadline = time.monotonic() + 20
-        while svc.qemu_pids() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        leaked = svc.qemu_pids()
-        for pid in leaked:
-            os.kill(pid, signal.SIGKILL)
+        leaked = reap_qemu(svc)
         worker_log = svc.logs("worker")
         svc.kill()
     try:

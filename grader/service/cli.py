@@ -254,13 +254,19 @@ def register(app) -> None:
     @click.option("--vms", type=int, default=None, help="QEMU lab VMs in the pool (GRADER_POOL_QEMU_VMS)")
     def worker_cmd(vms):
         """Run a grading worker with its VM pool until interrupted (SIGINT: let running jobs finish)."""
+        from grader.errors import VMError
+
         from .pool import pool_from_config
         from .worker import Worker
 
         cfg = dict(current_app.config)
         if vms is not None:
             cfg["POOL_QEMU_VMS"] = vms
-        pool = pool_from_config(cfg, progress=lambda m: click.echo(f"[pool] {m}", err=True))
+        try:
+            pool = pool_from_config(cfg, progress=lambda m: click.echo(f"[pool] {m}", err=True),
+                                    instance_path=current_app.instance_path)
+        except VMError as e:
+            raise click.ClickException(str(e)) from None
         Worker(current_app._get_current_object(), pool).run()
 
     @app.cli.command("serve")

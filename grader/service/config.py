@@ -68,6 +68,9 @@ class Defaults:
     POOL_GOLDEN = None                      # golden image folder (default: newest in the image cache)
     POOL_HOSTS = []                         # inventory hosts: [{"host", "port", "key", "known_hosts", "user"}]
     POOL_VM_DIR = "vms"                     # per-VM overlays and pinned host keys (inside the instance folder)
+    POOL_QEMU_USER = "copylab-qemu"         # account QEMU runs as when the worker is root (`make deps` creates
+                                            # it; "" = the worker's own user); it must not reach the instance
+                                            # folder, database or store (the worker refuses to start otherwise)
     # --- demo
     DEMO = False
 

@@ -43,7 +43,7 @@ def main(instance: Path | None = None, port: int | None = None) -> int:
     instance = Path(instance or os.environ.get("COPYLAB_DEMO_INSTANCE") or REPO / "build" / "demo-instance")
     if instance.exists():
         shutil.rmtree(instance)
-    instance.mkdir(parents=True)
+    instance.mkdir(parents=True, mode=0o700)   # private: the worker refuses a QEMU account that could read it
     golden = find_golden()
     (instance / "config.py").write_text(
         "# written by `make demo`: a random secret for this demo instance only\n"

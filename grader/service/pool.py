@@ -83,7 +83,8 @@ class VMPool:
 
     def status(self) -> list[dict]:
         return [{"name": s.name, "busy_with": s.busy_with, "jobs": s.jobs, "replaced": s.replaced,
-                 "up": s.vm is not None} for s in self.slots]
+                 "up": s.vm is not None,
+                 "qemu": s.vm.confinement() if hasattr(s.vm, "confinement") else None} for s in self.slots]
 
     def close(self) -> None:
         self._closed.set()
@@ -96,9 +97,38 @@ class VMPool:
                 s.vm = None
 
 
-def pool_from_config(config: dict, progress=None) -> VMPool:
-    """QEMU VMs (POOL_QEMU_VMS of them, from POOL_GOLDEN or the newest cached golden image) and
-    inventory hosts (POOL_HOSTS)."""
+def private_paths(config: dict, instance_path: str | Path | None) -> list[Path]:
+    """What QEMU's account must never reach: the instance folder itself (files created there later,
+    such as the database, are then out of reach too), its config.py (the secret), the SQLite database
+    and the store (submissions, artifacts), wherever those two are configured to be."""
+    inst = [Path(instance_path), Path(instance_path) / "config.py"] if instance_path else []
+    paths = inst + [Path(config["STORE_DIR"])]
+    uri = str(config.get("SQLALCHEMY_DATABASE_URI") or "")
+    if uri.startswith("sqlite:///"):
+        paths.append(Path(uri[len("sqlite:///"):]))
+    return paths
+
+
+def check_qemu_account(config: dict, instance_path: str | Path | None):
+    """The pool's QEMU account (POOL_QEMU_USER), refused when it could reach any of private_paths."""
+    from grader.vm.qemu import VMStartError, qemu_account
+
+    account = qemu_account(config.get("POOL_QEMU_USER"))
+    if account.switched:
+        exposed = account.reachable(private_paths(config, instance_path))
+        if exposed:
+            raise VMStartError(
+                f"QEMU's account {account.name} could read {', '.join(map(str, exposed))}: make the instance "
+                f"folder private (chmod 700 {instance_path or 'on it'}) or keep these paths out of that "
+                f"account's reach")
+    else:
+        log.warning("QEMU runs as %s: %s", account.name, account.why)
+    return account
+
+
+def pool_from_config(config: dict, progress=None, instance_path: str | Path | None = None) -> VMPool:
+    """QEMU VMs (POOL_QEMU_VMS of them, from POOL_GOLDEN or the newest cached golden image, as
+    POOL_QEMU_USER, checked against the instance at ``instance_path``) and inventory hosts (POOL_HOSTS)."""
     from grader.vm.labvm import QemuLabVM, StaticHostVM, find_golden
 
     slots: list[Slot] = []
@@ -106,12 +136,13 @@ def pool_from_config(config: dict, progress=None) -> VMPool:
     if n:
         golden = Path(config["POOL_GOLDEN"]) if config.get("POOL_GOLDEN") else find_golden()
         vmdir = Path(config["POOL_VM_DIR"])
+        account = check_qemu_account(config, instance_path)
         for i in range(n):
             name = f"vm{i + 1}"
 
             def factory(name=name):
                 return QemuLabVM(golden=golden, workdir=vmdir / name, name=name, persistent=True,
-                                 progress=progress)
+                                 progress=progress, qemu_user=account.name if account.switched else "")
             slots.append(Slot(name, factory))
     for h in config.get("POOL_HOSTS") or []:
         name = f"{h['host']}:{h.get('port', 22)}"

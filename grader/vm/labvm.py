@@ -38,7 +38,8 @@ class QemuLabVM:
     """One pool VM: an overlay of the golden image with an internal snapshot of a booted, clean guest."""
 
     def __init__(self, golden: Path | None = None, workdir: Path | None = None, name: str = "lab",
-                 boot_timeout: float = 300.0, accel=None, progress=None, persistent: bool = False):
+                 boot_timeout: float = 300.0, accel=None, progress=None, persistent: bool = False,
+                 qemu_user: str | None = None):
         self.golden = Path(golden) if golden else find_golden()
         self.manifest = json.loads((self.golden / "manifest.json").read_text())
         self.workdir = Path(workdir) if workdir else scratch_dir("copylab-pool-")
@@ -48,7 +49,7 @@ class QemuLabVM:
                           initrd=Path(self.manifest["initrd_path"]),
                           cmdline=self.manifest["cmdline"], arch=self.manifest.get("qemu_arch", "x86_64"))
         self.vm = QemuVM(image=image, workdir=self.workdir, name=name, restrict_network=True,
-                         boot_timeout=boot_timeout, accel=accel)
+                         boot_timeout=boot_timeout, accel=accel, qemu_user=qemu_user)
         self.key = self.golden / self.manifest["grader_key"]
         self.prepared = False
         self.fresh = False  # True right after the clean snapshot was taken or restored
@@ -80,8 +81,10 @@ class QemuLabVM:
         if self.persistent:
             self.ready_file.write_text(json.dumps({"golden": str(self.golden), "hostkey": self.vm.hostkey,
                                                    "snapshot": SNAPSHOT}))
+        c = self.confinement() or {}
         self.progress(f"lab VM ready in {time.monotonic() - t:.0f}s "
-                      f"({self.vm.accel.accel}: {self.vm.accel.reason})")
+                      f"({self.vm.accel.accel}: {self.vm.accel.reason}; QEMU seccomp mode {c.get('seccomp')} "
+                      f"as {c.get('user')}, uid {c.get('uid')})")
 
     def _resume(self) -> bool:
         """Start QEMU from the overlay's clean snapshot (persistent VMs); False when there is none or it
@@ -181,7 +184,17 @@ class QemuLabVM:
 
     def environment(self) -> dict:
         return {"accel": self.vm.accel.accel if self.vm.accel else None,
-                "arch": self.manifest.get("qemu_arch"), "image": self.golden.name, "vm": self.vm.name}
+                "arch": self.manifest.get("qemu_arch"), "image": self.golden.name, "vm": self.vm.name,
+                "qemu": self.confinement()}
+
+    def confinement(self) -> dict | None:
+        """How the QEMU last launched for this VM was confined, as its /proc status said: seccomp mode
+        (2 = the -sandbox filter), uid and user, and why that account."""
+        c = self.vm.confinement
+        if c is None:
+            return None
+        return {"sandbox": c["seccomp"] == 2, "seccomp": c["seccomp"], "uid": c["uid"], "user": c["user"],
+                "account": self.vm.account.why if self.vm.account else None}
 
     def close(self) -> None:
         if self.persistent and self.prepared:

@@ -6,12 +6,19 @@ log and recovered, and QEMU killed on every error path: no leaked processes or p
 
 The guest prints its SSH host key on the console at first boot (``COPYLAB-HOSTKEY <type> <key>``); the
 runner pins it from there, so no key is ever learned over the network.
+
+Confinement: every QEMU runs under its own seccomp filter (``-sandbox``, ``SANDBOX``) and, when the grader
+is root, as an unprivileged account of its own (``COPYLAB_QEMU_USER``, default ``copylab-qemu``). QEMU
+opens no file of the grader by path: the overlay, the image chain, the serial log and the monitor socket
+are opened here and handed over as descriptors (``QemuFiles``), so the account needs no access to the
+instance folder or the image cache, and gets none.
 """
 from __future__ import annotations
 
 import json
 import queue
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -31,6 +38,11 @@ CRASH_RE = re.compile(
     r"watchdog: BUG: soft lockup[^\r\n]*|INFO: rcu_[a-z]+ detected stalls[^\r\n]*)"
 )
 QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
+# QEMU's seccomp filter (QEMU 7.2 on Debian 12 has all four groups): no obsolete system calls, no
+# set*uid/gid, no fork/exec, no scheduler or priority changes. Nothing the runner uses needs them:
+# savevm/loadvm, -loadvm, file chardevs, the monitor socket and user-mode networking are all in-process.
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+DEFAULT_QEMU_USER = "copylab-qemu"
 
 
 class VMStartError(VMError):
@@ -85,40 +97,197 @@ def ssh_banner(host: str, port: int, timeout: float = 2.0) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class QemuAccount:
+    """The account QEMU runs as: ``switched`` when it is not the grader's own."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    switched: bool
+    why: str
+
+    def popen_kwargs(self) -> dict:
+        if not self.switched:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
+
+    def may_open(self, path: str, want: int) -> bool:
+        """Whether this account's uid/groups pass the mode bits of ``path`` for ``want`` (a mask of 4 r,
+        2 w, 1 x); for the grader's own account, os.access."""
+        if not self.switched:
+            return os.access(path, (os.R_OK if want & 4 else 0) | (os.W_OK if want & 2 else 0)
+                             | (os.X_OK if want & 1 else 0))
+        st = os.stat(path)
+        if st.st_uid == self.uid:
+            bits = st.st_mode >> 6
+        elif st.st_gid == self.gid or st.st_gid in self.groups:
+            bits = st.st_mode >> 3
+        else:
+            bits = st.st_mode
+        return bits & want == want
+
+    def reachable(self, paths: list[Path]) -> list[Path]:
+        """Those of ``paths`` this account can read (a file) or enter or list (a folder), tried for real
+        by a shell running as the account; for the grader's own account, every existing one."""
+        paths = [p for p in paths if p.exists()]
+        if not self.switched or not paths:
+            return paths
+        script = ('for p; do if [ -d "$p" ]; then { [ -r "$p" ] || [ -x "$p" ]; } else [ -r "$p" ]; fi '
+                  '&& echo "$p"; done; exit 0')
+        r = subprocess.run(["/bin/sh", "-c", script, "sh", *map(str, paths)], capture_output=True, text=True,
+                           timeout=30, check=True, cwd="/", **self.popen_kwargs())
+        return [Path(line) for line in r.stdout.splitlines()]
+
+
+def qemu_account(name: str | None = None) -> QemuAccount:
+    """Who QEMU runs as. ``name`` None: ``COPYLAB_QEMU_USER``, else ``copylab-qemu``; an empty name: the
+    grader's own user. Only a root grader can switch; as root, a missing account is refused (a root
+    QEMU is never the silent fallback)."""
+    if name is None:
+        name = os.environ.get("COPYLAB_QEMU_USER", DEFAULT_QEMU_USER)
+    me = pwd.getpwuid(os.geteuid())
+
+    def own(why: str) -> QemuAccount:
+        return QemuAccount(me.pw_name, me.pw_uid, os.getegid(), tuple(os.getgroups()), False, why)
+
+    if not name or name == me.pw_name:
+        return own("no separate QEMU account configured (COPYLAB_QEMU_USER / POOL_QEMU_USER is empty or "
+                   "names the grader's own user)")
+    if os.geteuid() != 0:
+        return own(f"the grader runs as {me.pw_name}, not root, so it cannot start QEMU as {name}")
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise VMStartError(
+            f"QEMU's account {name!r} does not exist: create it with `make deps` (or `useradd --system "
+            f"--user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {name}`), "
+            f"or set COPYLAB_QEMU_USER / GRADER_POOL_QEMU_USER to an empty value to run QEMU as root") from None
+    if pw.pw_uid == 0:
+        raise VMStartError(f"QEMU's account {name!r} has uid 0: it must be an unprivileged account")
+    return QemuAccount(name, pw.pw_uid, pw.pw_gid, tuple(os.getgrouplist(name, pw.pw_gid)), True,
+                       f"the grader is root and starts QEMU as {name}")
+
+
+class QemuFiles:
+    """The files of one QEMU process, opened here and handed to it as descriptors.
+
+    ``-add-fd`` sets (``/dev/fdset/N``) serve QEMU's block and chardev layers, which pick the
+    descriptor of the access mode they ask for (an image is opened read-only first, then read-write);
+    ``-kernel``/``-initrd`` are read with plain open(), so they get ``/proc/self/fd/N`` (the file must be
+    readable by QEMU's account; the directories above it need not be). The monitor socket is bound here.
+    """
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self.args: list[str] = []
+        self._sockets: list[socket.socket] = []
+        self._sets = 0
+
+    def fdset(self, path: Path, *flags: int) -> str:
+        self._sets += 1
+        n = self._sets
+        for fl in flags:
+            fd = os.open(path, fl | os.O_CLOEXEC, 0o600)
+            self.fds.append(fd)
+            self.args += ["-add-fd", f"fd={fd},set={n}"]
+        return f"/dev/fdset/{n}"
+
+    def inherited(self, path: Path) -> str:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.fds.append(fd)
+        return f"/proc/self/fd/{fd}"
+
+    def listening_socket(self, path: Path) -> int:
+        path.unlink(missing_ok=True)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(str(path))
+        s.listen(8)
+        self._sockets.append(s)
+        self.fds.append(s.fileno())
+        return s.fileno()
+
+    def close(self) -> None:
+        """The parent's copies: QEMU keeps its own."""
+        socket_fds = {s.fileno() for s in self._sockets}
+        for s in self._sockets:
+            s.close()
+        for fd in self.fds:
+            if fd not in socket_fds:
+                os.close(fd)
+        self.fds, self._sockets = [], []
+
+    def __enter__(self) -> "QemuFiles":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_confinement(pid: int) -> dict:
+    """What the kernel says about a running QEMU: its seccomp mode (2: filter) and real uid."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":" in line)
+    uid = int(status["Uid"].split()[0])
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = None
+    return {"seccomp": int(status.get("Seccomp", "0").strip()), "uid": uid, "user": user}
+
+
+def spawn_qemu(cmd: list[str], files: QemuFiles, account: QemuAccount, **kw) -> subprocess.Popen:
+    """Start ``cmd`` with ``files``' descriptors, as ``account``; the parent's copies of the
+    descriptors are closed."""
+    try:
+        return _Spawner.popen([*cmd, *files.args], pass_fds=files.fds,
+                              start_new_session=True, **account.popen_kwargs(), **kw)
+    finally:
+        files.close()
+
+
 @dataclass
 class AccelChoice:
     accel: str  # "kvm" or "tcg"
     reason: str
 
 
-def _kvm_usable_device() -> bool:
-    return os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
+def _kvm_usable_device(account: QemuAccount) -> bool:
+    return os.path.exists("/dev/kvm") and account.may_open("/dev/kvm", 6)
 
 
-def probe_accel(image: ImageSpec, workdir: Path, timeout: float = 12.0) -> AccelChoice:
+def probe_accel(image: ImageSpec, workdir: Path, timeout: float = 12.0,
+                account: QemuAccount | None = None) -> AccelChoice:
     """Decide between KVM and TCG within seconds.
 
     /dev/kvm can exist and still be unable to run a stock kernel (nested PVM devices abort on unknown
     MSRs or stall in early boot). So boot the image's kernel with no disk under KVM: a working KVM
     reaches the root-mount panic in a second or two; anything else within ``timeout`` means TCG.
-    ``COPYLAB_ACCEL=kvm|tcg`` forces the choice.
+    ``COPYLAB_ACCEL=kvm|tcg`` forces the choice. The probe runs confined like the VM, as ``account``
+    (whose groups decide whether /dev/kvm opens at all).
     """
     forced = os.environ.get("COPYLAB_ACCEL", "auto").lower()
     if forced in ("kvm", "tcg"):
         return AccelChoice(forced, f"forced by COPYLAB_ACCEL={forced}")
-    if not _kvm_usable_device():
-        return AccelChoice("tcg", "/dev/kvm is missing or not accessible")
+    account = account or qemu_account()
+    if not _kvm_usable_device(account):
+        return AccelChoice("tcg", f"/dev/kvm is missing or not accessible to {account.name}")
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "kvm-probe.log"
     log.unlink(missing_ok=True)
     console = "ttyAMA0" if image.arch == "aarch64" else "ttyS0"
-    cmd = [QEMU_BINARIES[image.arch], "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults",
-           "-display", "none", "-no-reboot", "-serial", f"file:{log}",
-           "-kernel", str(image.kernel), "-append", f"console={console} panic=-1 root=/dev/nonexistent"]
+    files = QemuFiles()
+    cmd = [QEMU_BINARIES[image.arch], "-name", str(workdir / "kvm-probe"), "-accel", "kvm", "-cpu", "host",
+           "-m", "256", "-nodefaults",
+           "-display", "none", "-no-reboot", "-sandbox", SANDBOX,
+           "-chardev", f"file,id=serial0,path={files.fdset(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)}",
+           "-serial", "chardev:serial0", "-kernel", files.inherited(image.kernel),
+           "-append", f"console={console} panic=-1 root=/dev/nonexistent"]
     if image.arch == "aarch64":
         cmd[1:1] = ["-machine", "virt"]
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = spawn_qemu(cmd, files, account, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         while time.monotonic() - started < timeout:
             text = log.read_text(errors="replace") if log.exists() else ""
@@ -137,13 +306,18 @@ def probe_accel(image: ImageSpec, workdir: Path, timeout: float = 12.0) -> Accel
             proc.stderr.close()
 
 
-def _die_with_parent() -> None:
-    """In the QEMU child: get SIGKILL when the process (thread) that started it dies, so a killed
-    grader or worker never leaves a QEMU behind."""
+def _die_with_parent_fn():
+    """A preexec_fn for the QEMU child: get SIGKILL when the process (thread) that started it dies, so
+    a killed grader or worker never leaves a QEMU behind. libc is loaded here, in the parent: the child
+    may already run as QEMU's account, which cannot read this Python's modules."""
     import ctypes
 
     PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+
+    def die_with_parent() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    return die_with_parent
 
 
 class _Spawner:
@@ -172,10 +346,11 @@ class _Spawner:
 
     @staticmethod
     def _loop(jobs: "queue.Queue") -> None:
+        die_with_parent = _die_with_parent_fn()
         while True:
             cmd, kw, answer = jobs.get()
             try:
-                answer.put((True, subprocess.Popen(cmd, preexec_fn=_die_with_parent, **kw)))
+                answer.put((True, subprocess.Popen(cmd, preexec_fn=die_with_parent, **kw)))
             except Exception as e:  # noqa: BLE001 - handed to the caller's thread
                 answer.put((False, e))
 
@@ -211,6 +386,10 @@ class QemuVM:
     boot_timeout: float = 300.0
     ssh_port: int | None = None
     hostkey: str | None = None  # "ssh-ed25519 AAAA...", pinned from the console
+    qemu_user: str | None = None  # QEMU's account (qemu_account()): None = COPYLAB_QEMU_USER, "" = the grader's
+    account: QemuAccount | None = None
+    confinement: dict | None = None  # read from /proc of the QEMU last launched (read_confinement)
+    _chain: list[tuple[Path, str]] | None = field(default=None, repr=False)
     _proc: subprocess.Popen | None = field(default=None, repr=False)
     _serial_mark: int = 0
     _stopping: bool = field(default=False, repr=False)   # this object is stopping QEMU itself
@@ -241,6 +420,11 @@ class QemuVM:
     def known_hosts(self) -> Path:
         return self.workdir / f"{self.name}.known_hosts"
 
+    def qemu_account(self) -> QemuAccount:
+        if self.account is None:
+            self.account = qemu_account(self.qemu_user)
+        return self.account
+
     # -------------------------------------------------------------- lifecycle
     def create_overlay(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -257,7 +441,7 @@ class QemuVM:
         if not self.overlay.exists():
             self.create_overlay()
         if self.accel is None:
-            self.accel = probe_accel(self.image, self.workdir)
+            self.accel = probe_accel(self.image, self.workdir, account=self.qemu_account())
         last_error = ""
         for _attempt in range(5):
             port = self.ssh_port or free_port()
@@ -278,15 +462,36 @@ class QemuVM:
         if wait:
             self.wait_ssh(self.boot_timeout if loadvm is None else 60.0)
 
-    def _qemu_command(self, port: int, loadvm: str | None) -> list[str]:
+    def backing_chain(self) -> list[tuple[Path, str]]:
+        """The images under the overlay, top first, with their formats (read once per VM: every
+        overlay of this VM is made on the same image)."""
+        if self._chain is None:
+            out = _run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", str(self.overlay)],
+                       "read the overlay's backing chain").stdout
+            self._chain = [(Path(layer["filename"]), layer["format"]) for layer in json.loads(out)[1:]]
+        return self._chain
+
+    def _drive(self, files: QemuFiles) -> str:
+        """The overlay and every image under it as descriptors: QEMU must not follow the backing file
+        names written in the images (paths its account cannot, and should not, open)."""
+        drive = (f"file={files.fdset(self.overlay, os.O_RDWR, os.O_RDONLY)},if=virtio,format=qcow2,"
+                 f"cache=unsafe,discard=unmap")
+        prefix = "backing."
+        for path, fmt in self.backing_chain():
+            drive += f",{prefix}driver={fmt},{prefix}file.filename={files.fdset(path, os.O_RDONLY)}"
+            prefix += "backing."
+        return drive
+
+    def _qemu_command(self, port: int, loadvm: str | None, files: QemuFiles) -> list[str]:
         arch = self.image.arch
-        if "," in str(self.serial_log) or "," in str(self.overlay):
+        if "," in str(self.overlay):
             raise VMStartError(f"QEMU option values cannot hold a comma: {self.workdir}")
         accel = self.accel.accel if self.accel else "tcg"
         netdev = f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22"
         if self.restrict_network:
             netdev += ",restrict=on"
-        cmd = [QEMU_BINARIES[arch]]
+        # -name: the overlay's path on the command line tells which QEMU is which (pgrep, operators)
+        cmd = [QEMU_BINARIES[arch], "-name", str(self.overlay)]
         if arch == "x86_64":
             # q35 and a CPU model without 5-level paging: kernel addresses look like a student's (ffff88..)
             cpu = "host" if accel == "kvm" else "max,la57=off"
@@ -296,14 +501,17 @@ class QemuVM:
         cmd += [
             "-accel", "kvm" if accel == "kvm" else "tcg,thread=multi",
             "-m", str(self.memory_mb), "-smp", str(self.cpus),
-            "-nodefaults", "-display", "none", "-no-reboot",
-            "-drive", f"file={self.overlay},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
+            "-nodefaults", "-display", "none", "-no-reboot", "-sandbox", SANDBOX,
+            "-drive", self._drive(files),
             "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0",
             # append, never truncate: the offset marks (_serial_mark, mark_serial) stay valid across
             # restarts of this VM, and an earlier boot's crash text is kept as evidence
-            "-chardev", f"file,id=serial0,path={self.serial_log},append=on", "-serial", "chardev:serial0",
-            "-monitor", f"unix:{self.monitor_path},server=on,wait=off",
-            "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
+            "-chardev", "file,id=serial0,append=on,path="
+            + files.fdset(self.serial_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND),
+            "-serial", "chardev:serial0",
+            "-chardev", f"socket,id=monitor0,server=on,wait=off,fd={files.listening_socket(self.monitor_path)}",
+            "-mon", "chardev=monitor0,mode=readline",
+            "-kernel", files.inherited(self.image.kernel), "-initrd", files.inherited(self.image.initrd),
             "-append", self.image.cmdline,
             "-device", "virtio-rng-pci",
         ]
@@ -318,9 +526,16 @@ class QemuVM:
         self._outside = self._outside or self._outside_now()   # a restart must not erase why the last one ended
         self._stderr_path = self.workdir / f"{self.name}.qemu.err"
         self._stopping = False
+        self.confinement = None
+        files = QemuFiles()
+        try:
+            cmd = self._qemu_command(port, loadvm, files)
+        except BaseException:
+            files.close()
+            raise
         with open(self._stderr_path, "wb") as err:
-            self._proc = _Spawner.popen(self._qemu_command(port, loadvm), stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+            self._proc = spawn_qemu(cmd, files, self.qemu_account(), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err)
         self._started_at = time.monotonic()
 
     def _wait_launched(self, timeout: float = 20.0) -> str | None:
@@ -332,6 +547,7 @@ class QemuVM:
             if self.monitor_path.exists():
                 try:
                     self.monitor("info status", timeout=5)
+                    self.confinement = read_confinement(self._proc.pid)
                     return None
                 except OSError:
                     pass

@@ -60,12 +60,6 @@ def test_the_guest_ending_qemu_or_the_runner_stopping_it_is_not(tmp_path):
     assert vm.stopped_from_outside() is None
 
 
-def test_the_serial_log_is_appended_not_truncated(tmp_path):
-    cmd = vm_in(tmp_path)._qemu_command(2222, None)
-    assert f"file,id=serial0,path={tmp_path}/golden.serial.log,append=on" in cmd
-    assert "-serial" in cmd and cmd[cmd.index("-serial") + 1] == "chardev:serial0"
-
-
 def test_cleaning_up_after_an_outside_kill_keeps_the_reason(tmp_path):
     """The lab VM's reset fails on a dead QEMU and calls kill(): the reason must survive that."""
     import os
@@ -88,7 +82,7 @@ def test_a_restart_does_not_erase_an_outside_kill_until_the_next_job(tmp_path, m
     vm = _with_process(tmp_path, "sleep 30")
     os.kill(vm._proc.pid, signal.SIGKILL)
     vm._proc.wait(10)
-    monkeypatch.setattr(QemuVM, "_qemu_command", lambda self, port, loadvm: ["sleep", "30"])
+    monkeypatch.setattr(QemuVM, "_qemu_command", lambda self, port, loadvm, files: ["sleep", "30"])
     vm._launch(2222, "clean")                              # what loadvm() does when QEMU is gone
     try:
         assert vm.running()
@@ -130,7 +124,7 @@ def test_qemu_outlives_the_thread_that_started_it(tmp_path, monkeypatch):
 
     vm = vm_in(tmp_path)
     tmp_path.mkdir(exist_ok=True)
-    monkeypatch.setattr(QemuVM, "_qemu_command", lambda self, port, loadvm: ["sleep", "30"])
+    monkeypatch.setattr(QemuVM, "_qemu_command", lambda self, port, loadvm, files: ["sleep", "30"])
     t = threading.Thread(target=vm._launch, args=(2222, None))
     t.start()
     t.join(10)

@@ -2,6 +2,7 @@
 hostile submissions, each graded by a real run (build, load, trace, check) from the clean snapshot."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from lab1_submissions import make_submission  # noqa: E402
 
 from grader.engine.labspec import load_lab  # noqa: E402
 from grader.engine.run import grade  # noqa: E402
+from grader.vm.qemu import DEFAULT_QEMU_USER  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,9 @@ def test_solution_full_marks(lab, lab_vm, tmp_path):
     assert len(rows) == 7
     assert result["copies"] == 2 and result["bytes_held"] == 48
     assert result["environment"]["kernel_release"] == "6.1.0-50-amd64"
+    assert result["environment"]["qemu"]["sandbox"] is True   # graded under the seccomp sandbox
+    if os.geteuid() == 0:
+        assert result["environment"]["qemu"]["user"] == os.environ.get("COPYLAB_QEMU_USER", DEFAULT_QEMU_USER)
     assert len(result["environment"]["module_sha256"]) == 64
     for p in result["phases"]:
         assert p["status"] == "ok", p

@@ -1,11 +1,35 @@
-"""The QEMU runner on the shared lab VM: crash detection from the console and snapshot restore."""
+"""The QEMU runner on the shared lab VM: crash detection from the console, snapshot restore, and the
+confinement of the QEMU process (seccomp sandbox, its own account) through all of it."""
 from __future__ import annotations
 
+import os
+import pwd
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from grader.vm.qemu import QemuVM, VMStartError
+from grader.vm.qemu import DEFAULT_QEMU_USER, QemuVM, VMStartError
+
+
+def assert_confined(lab_vm) -> dict:
+    """The running QEMU as the kernel sees it: seccomp mode 2 (QEMU's -sandbox filter) and, for a root
+    grader, the unprivileged VM account in every uid/gid field and no other group."""
+    status = dict(line.split(":", 1) for line in
+                  Path(f"/proc/{lab_vm.vm._proc.pid}/status").read_text().splitlines() if ":" in line)
+    assert status["Seccomp"].strip() == "2", status["Seccomp"]
+    assert status["NoNewPrivs"].strip() == "1"
+    uids = {int(u) for u in status["Uid"].split()}
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam(os.environ.get("COPYLAB_QEMU_USER", DEFAULT_QEMU_USER))
+        assert uids == {pw.pw_uid} and pw.pw_uid != 0
+        assert {int(g) for g in status["Gid"].split()} == {pw.pw_gid}
+        assert {int(g) for g in status["Groups"].split()} <= set(os.getgrouplist(pw.pw_name, pw.pw_gid))
+        assert int(status["CapEff"], 16) == 0
+    env = lab_vm.environment()["qemu"]
+    assert env["sandbox"] is True and env["seccomp"] == 2 and {env["uid"]} == uids
+    return env
 
 
 def test_kernel_panic_is_detected_and_the_snapshot_brings_ssh_back(lab_vm, admin_ssh, progress):
@@ -24,6 +48,7 @@ def test_kernel_panic_is_detected_and_the_snapshot_brings_ssh_back(lab_vm, admin
     seconds = lab_vm.reset()
     progress(f"restore after a kernel panic: SSH back in {seconds:.1f}s")
     assert lab_vm.alive() and lab_vm.crash_excerpt() is None
+    assert_confined(lab_vm)   # the QEMU started with -loadvm after the panic is confined like the first
     # the restored VM is the clean one: the marker written before the crash is gone
     assert admin_ssh("test -e /tmp/marker && echo dirty || echo clean").stdout.strip() == "clean"
     with lab_vm.executor() as ex:
@@ -36,6 +61,20 @@ def test_restore_of_a_running_vm_discards_its_changes(lab_vm, admin_ssh, progres
     seconds = lab_vm.reset()
     progress(f"restore of a running VM: SSH back in {seconds:.1f}s")
     assert admin_ssh("test -e /etc/copylab-dirty && echo dirty || echo clean").stdout.strip() == "clean"
+    assert_confined(lab_vm)
+
+
+def test_qemu_runs_sandboxed_as_its_own_account_that_reaches_none_of_the_graders_files(lab_vm, golden, progress):
+    lab_vm.acquire()
+    env = assert_confined(lab_vm)
+    progress(f"QEMU {lab_vm.vm._proc.pid}: seccomp {env['seccomp']}, uid {env['uid']} ({env['user']})")
+    if os.geteuid() != 0:
+        return
+    # what QEMU works on it reached through descriptors only: by path, its account opens none of it
+    for path in (lab_vm.vm.overlay, lab_vm.vm.serial_log, lab_vm.key, golden / "manifest.json"):
+        r = subprocess.run(["cat", str(path)], user=env["uid"], group=pwd.getpwuid(env["uid"]).pw_gid,
+                           extra_groups=[], capture_output=True, timeout=30)
+        assert r.returncode != 0 and b"Permission denied" in r.stderr, path
 
 
 def test_grader_host_key_is_pinned_from_the_console(lab_vm):
