@@ -66,8 +66,9 @@ def resolve_paths(config: dict, instance_path: str) -> None:
 
 
 def check_secret(config: dict, production: bool) -> str | None:
-    """None when the secret key is acceptable; else why not. Outside production, a missing key is
-    replaced by a random one for this process (sessions then end when it exits)."""
+    """None when the secret key is acceptable; else why not. In production a key must be set, at least
+    32 characters long, not a placeholder and not a few characters repeated. Outside production, a
+    missing key is replaced by a random one for this process (sessions then end when it exits)."""
     key = config.get("SECRET_KEY")
     if isinstance(key, str) and key.strip().lower() in KNOWN_BAD_SECRETS:
         return "GRADER_SECRET_KEY is a well-known placeholder; set a long random value"
@@ -80,4 +81,7 @@ def check_secret(config: dict, production: bool) -> str | None:
         return None
     if production and len(str(key)) < 32:
         return "GRADER_SECRET_KEY is shorter than 32 characters"
+    if production and len(set(str(key))) < 10:
+        return (f"GRADER_SECRET_KEY uses only {len(set(str(key)))} distinct characters; set a long random "
+                "value")
     return None
