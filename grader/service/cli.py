@@ -113,8 +113,10 @@ def register(app) -> None:
     @click.option("--deadline", required=True, help="UTC, e.g. 2026-12-01T23:59")
     @click.option("--penalty-per-day", type=float, default=10.0, show_default=True)
     @click.option("--penalty-cap", type=float, default=50.0, show_default=True)
-    @click.option("--max-submissions", type=int, default=0, show_default=True)
-    @click.option("--cooldown", type=int, default=0, show_default=True, help="seconds between submissions")
+    @click.option("--max-submissions", type=int, default=0, show_default=True,
+                  help="0: the service's SUBMIT_MAX_PER_ASSIGNMENT")
+    @click.option("--cooldown", type=int, default=0, show_default=True,
+                  help="seconds between submissions (0: the service's SUBMIT_COOLDOWN_SECONDS)")
     def add_lab(cohort, lab, deadline, penalty_per_day, penalty_cap, max_submissions, cooldown):
         """Assign labs/LAB to COHORT with its deadline and policies."""
         from .labs import available_labs, lab_spec

@@ -29,6 +29,11 @@ class Defaults:
     UPLOAD_MAX_ARCHIVE_BYTES = 1024 * 1024  # an uploaded archive
     UPLOAD_MAX_MEMBERS = 64                 # members an archive may hold (the lab's files and clutter)
     UPLOAD_MAX_UNPACKED_BYTES = 4 * 1024 * 1024  # all members together, unpacked
+    # --- submission policy, per student (0: no limit). An assignment's own max_submissions and
+    # cooldown_seconds, when not 0, replace the first two for that assignment.
+    SUBMIT_COOLDOWN_SECONDS = 30            # between two submissions to one assignment (429 + Retry-After)
+    SUBMIT_MAX_PER_ASSIGNMENT = 100         # submissions to one assignment
+    STORAGE_BUDGET_BYTES = 64 * 1024 * 1024  # bytes the store keeps for all of a student's submissions
     # --- queue and workers
     QUEUE_URL = None                        # None: SQLite huey in the instance folder; redis://... across hosts
     QUEUE_NAME = "copylab"

@@ -49,6 +49,16 @@ class Store:
             raise
         return key, digest, per_file
 
+    @staticmethod
+    def bytes_for(files: dict[str, bytes], upload: bytes | None) -> int:
+        """The bytes put_submission keeps for these files and archive."""
+        return sum(len(b) for b in files.values()) + len(upload or b"")
+
+    def kept_bytes(self, key: str) -> int:
+        """The bytes kept on disk for a submission (its files and the archive as uploaded)."""
+        d = self._inside(key)
+        return sum(p.stat().st_size for p in d.iterdir() if p.is_file()) if d.is_dir() else 0
+
     def submission_dir(self, key: str) -> Path:
         return self._inside(key)
 

@@ -10,7 +10,7 @@ from flask import current_app
 from . import jobs
 from .labs import lab_spec
 from .models import Assignment, Membership, Submission, User, db
-from .policy import check_quota
+from .policy import check_quota, check_storage
 from .store import Store
 from .uploads import Limits, UploadPart, validate_upload
 
@@ -35,6 +35,10 @@ def accept(user: User, assignment: Assignment, parts: list[UploadPart], source: 
     files = validate_upload(parts, lab.files, limits_for(lab))
     store = Store(current_app.config["STORE_DIR"])
     upload = next((p.data for p in parts if p.field == "archive"), None)
+    if enforce_quota:
+        kept = db.session.execute(db.select(Submission.storage_key).filter_by(user_id=user.id)).scalars()
+        check_storage(assignment, user.id, sum(store.kept_bytes(k) for k in kept),
+                      Store.bytes_for(files, upload))
     key, digest, per_file = store.put_submission(files, upload)
     try:
         sub = Submission(user_id=user.id, assignment_id=assignment.id, sha256=digest,
