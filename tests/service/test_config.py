@@ -35,7 +35,8 @@ def test_config_layers(tmp_path, monkeypatch):
     assert app.config["LEASE_SECONDS"] == 42         # environment over the instance folder
     assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path / 'inst' / 'grader.sqlite3'}"
     assert app.config["STORE_DIR"] == str(tmp_path / "inst" / "store")
-    app = make(tmp_path, monkeypatch, env={"GRADER_LEASE_SECONDS": "42"}, test_config={"LEASE_SECONDS": 7, "TESTING": True})
+    app = make(tmp_path, monkeypatch, env={"GRADER_LEASE_SECONDS": "42"},
+               test_config={"LEASE_SECONDS": 7, "TESTING": True})
     assert app.config["LEASE_SECONDS"] == 7
 
 
