@@ -87,7 +87,7 @@ def check_quota(assignment: Assignment, user_id: int, now: dt.datetime | None = 
                                     f"again (cooldown {lim.cooldown_seconds} s)", math.ceil(wait))
 
 
-def check_storage(assignment: Assignment, user_id: int, used: int, adding: int) -> None:
+def check_storage(assignment: Assignment, used: int, adding: int) -> None:
     """The student's storage budget: ``used`` bytes kept already, ``adding`` for this submission."""
     budget = submit_limits(assignment).storage_bytes
     if budget and used + adding > budget:

@@ -183,3 +183,40 @@ def test_assignment_page_shows_the_limits_in_force(app, browser):
     page = browser("alice").get(f"/assignments/{app.ids['assignment']}").get_data(as_text=True)
     assert f"Quota: {Defaults.SUBMIT_MAX_PER_ASSIGNMENT} submissions (0 used)" in page
     assert f"Wait {Defaults.SUBMIT_COOLDOWN_SECONDS} s between submissions" in page
+
+
+def parallel_uploads(app, n: int = 8) -> list[int]:
+    """The statuses of ``n`` uploads by alice at the same moment, on ``n`` threads (as waitress runs
+    them), at the default cooldown."""
+    import threading
+
+    from grader.service.config import Defaults
+    from grader.service.models import ApiToken, db
+
+    app.config["SUBMIT_COOLDOWN_SECONDS"] = Defaults.SUBMIT_COOLDOWN_SECONDS
+    with app.app_context():
+        db.session.add(ApiToken(user_id=app.ids["alice"], name="t", token_hash=ApiToken.hash("cl_par"),
+                                prefix="cl_par"))
+        db.session.commit()
+    start, statuses = threading.Barrier(n), []
+
+    def one():
+        c = app.test_client()
+        start.wait()
+        r = c.post("/api/v1/labs/lab1/submissions", data=upload_data(GOOD), content_type="multipart/form-data",
+                   headers={"Authorization": "Bearer cl_par"})
+        statuses.append(r.status_code)
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return sorted(statuses)
+
+
+def test_parallel_uploads_do_not_pass_the_cooldown_together(app):
+    """The checks and the insert happen one student at a time (grader/service/submit.py
+    hold_student), so the cooldown lets exactly one of 8 simultaneous uploads through (on SQLite;
+    PostgreSQL in test_backends.py)."""
+    assert parallel_uploads(app) == [201] + [429] * 7
+    assert len([p for p in stored(app) if p.name == "sender.c"]) == 1
