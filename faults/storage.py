@@ -8,9 +8,10 @@ spoken to over 127.0.0.1 only. Three bounded runs:
   to 1 MiB, gzip trailing garbage or extra members, zip before, between and after its records, an
   oversized zip comment), each once; every one must be refused and nothing of it kept;
 - rate: one token submits the largest valid upload (an uncompressed tar of three files at the lab's
-  size cap) as fast as the service answers for ``window`` seconds; the bytes kept on disk per accepted
-  submission and the gap between two acceptances give the bytes per hour, capped by the submission
-  quota and the storage budget the service enforces (tests/service/test_storage.py);
+  size cap) over ATTACKERS parallel connections as fast as the service answers for ``window``
+  seconds; the bytes kept on disk per accepted submission over the shortest gap between two
+  acceptances give the bytes per hour (the quota and the storage budget, which end it later, are
+  tested in tests/service/test_storage.py);
 - files: every file and folder of the instance (database and its WAL files, queue, store, artifacts
   written through the store as a worker writes them) checked for group/other permission bits and,
   when run as root, opened as user ``nobody``.
@@ -28,6 +29,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from faults.report import Figure, ratio, zero
@@ -36,6 +38,7 @@ from faults.uploads import Client, Server, add_token, in_process_app, multipart,
 PART = "storage"
 MB = 1_000_000
 TARGET_MB_PER_HOUR = 100   # one student at the defaults (70,000 MB/h without limits)
+ATTACKERS = 4              # parallel connections of the attacking token
 
 
 def tar_of(files: dict[str, bytes], gz: bool) -> bytes:
@@ -230,9 +233,9 @@ def measure(window: float | None = None, cooldown: int | None = None, progress=p
         good = {n: (Path(__file__).resolve().parents[1] / "labs" / "lab1" / "solution" / n).read_bytes()
                 for n in world["files"]}
         with Server(sandbox, instance) as server:
-            def post(token: str, data: bytes):
+            def post(token: str, data: bytes, via: Client | None = None):
                 body, ctype = multipart([("archive", "handin.tar.gz", data)])
-                return client.request("POST", "/api/v1/labs/lab1/submissions", body,
+                return (via or client).request("POST", "/api/v1/labs/lab1/submissions", body,
                                       {"Authorization": f"Bearer {token}", "Content-Type": ctype})
 
             client = Client(server.port)
@@ -247,17 +250,25 @@ def measure(window: float | None = None, cooldown: int | None = None, progress=p
             progress(f"storage: {len(cases)} archives with trailing data sent; control answered {control.status}")
             # 2. rate: the largest valid upload, as fast as the service answers
             big = largest_upload(world["files"], world["cap"])
-            accepted, refused, other, retry_after = [], 0, {}, []
+            accepted, statuses, retry_after = [], [], []
             start = time.monotonic()
-            while time.monotonic() - start < window:
-                r = post(world["tokens"]["attacker"], big)
-                if r.status == 201:
-                    accepted.append(time.monotonic() - start)
-                elif r.status == 429:
-                    refused += 1
-                    retry_after.append(int(r.headers.get("retry-after", 0)))
-                else:
-                    other[str(r.status)] = other.get(str(r.status), 0) + 1
+
+            def attacker() -> None:   # one of ATTACKERS connections of the same token
+                mine = Client(server.port)
+                while time.monotonic() - start < window:
+                    r = post(world["tokens"]["attacker"], big, mine)
+                    statuses.append(r.status)
+                    if r.status == 201:
+                        accepted.append(time.monotonic() - start)
+                    elif r.status == 429:
+                        retry_after.append(int(r.headers.get("retry-after", 0)))
+                mine.close()
+            with ThreadPoolExecutor(ATTACKERS) as ex:
+                for f in [ex.submit(attacker) for _ in range(ATTACKERS)]:
+                    f.result()
+            accepted.sort()
+            refused = statuses.count(429)
+            other = {str(c): statuses.count(c) for c in set(statuses) if c not in (201, 429)}
             progress(f"storage: attacker {len(accepted)} accepted, {refused} refused (429) in {window:.0f} s")
             client.close()
             server_errors = server.exceptions()
@@ -287,7 +298,7 @@ def measure(window: float | None = None, cooldown: int | None = None, progress=p
     budget, quota = cfg["STORAGE_BUDGET_BYTES"], cfg["SUBMIT_MAX_PER_ASSIGNMENT"]
     figures = [
         Figure(PART, "bytes stored per student per hour at the defaults (one token sending the largest valid "
-               "upload as fast as the service answers, extrapolated)",
+               f"upload over {ATTACKERS} connections as fast as the service answers, extrapolated)",
                "?" if bytes_hour is None else f"{bytes_hour / MB:.1f} MB", f"<= {TARGET_MB_PER_HOUR} MB",
                bytes_hour is not None and bytes_hour <= TARGET_MB_PER_HOUR * MB,
                f"{len(accepted)} accepted, {refused} refused (429) in {window:.0f} s; {per_sub / 1000:.0f} kB kept "
@@ -312,5 +323,6 @@ def measure(window: float | None = None, cooldown: int | None = None, progress=p
             "accepted_at_s": [round(a, 2) for a in accepted], "refused_429": refused, "other_statuses": other,
             "retry_after": sorted(set(retry_after)), "kept_bytes_attacker": attacker_bytes,
             "bytes_per_submission": per_sub, "bytes_per_hour": bytes_hour, "config": cfg,
-            "open_to_others": bad_modes[:20], "readable_by_nobody": by_nobody, "paths_checked": checked, "server_log_exceptions": server_errors,
+            "open_to_others": bad_modes[:20], "readable_by_nobody": by_nobody, "paths_checked": checked,
+            "server_log_exceptions": server_errors,
             "elapsed_s": round(time.monotonic() - t0, 1)}
