@@ -220,3 +220,47 @@ def test_parallel_uploads_do_not_pass_the_cooldown_together(app):
     PostgreSQL in test_backends.py)."""
     assert parallel_uploads(app) == [201] + [429] * 7
     assert len([p for p in stored(app) if p.name == "sender.c"]) == 1
+
+
+TOOLS = {  # archives as students make them: each must be accepted and kept byte for byte
+    "GNU tar": ["tar", "cf", "{out}", "{files}"],
+    "GNU tar, gzip": ["tar", "czf", "{out}", "{files}"],
+    "GNU tar, folder": ["tar", "czf", "{out}", "{folder}"],
+    "bsdtar, gzip": ["bsdtar", "-czf", "{out}", "{files}"],
+    "bsdtar, zip": ["bsdtar", "--format", "zip", "-cf", "{out}", "{files}"],
+    "Info-ZIP": ["zip", "-q", "{out}", "{files}"],
+    "Info-ZIP, folder": ["zip", "-q", "-r", "{out}", "{folder}"],
+    "Info-ZIP to a pipe (data descriptors)": ["sh", "-c", "zip -q - {files} > {out}"],
+}
+
+
+@pytest.mark.parametrize("tool", list(TOOLS))
+def test_archives_made_by_students_tools_are_accepted(app, api, tool, tmp_path):
+    import subprocess
+
+    folder = tmp_path / "lab1"
+    folder.mkdir()
+    for n, d in GOOD.items():
+        (folder / n).write_bytes(d)
+    out = tmp_path / "handin.archive"
+    cmd = []
+    for arg in TOOLS[tool]:
+        arg = arg.replace("{out}", str(out)).replace("{folder}", folder.name)
+        cmd += list(GOOD) if arg == "{files}" else [arg.replace("{files}", " ".join(GOOD))]
+    subprocess.run(cmd, cwd=tmp_path if "{folder}" in TOOLS[tool] else folder, check=True, timeout=60)
+    data = out.read_bytes()
+    r = send(api, data)
+    assert r.status_code == 201, (tool, r.get_json())
+    assert r.get_json()["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_handin_archive_is_accepted(app, api, tmp_path):
+    """The archive labs/tools/handin.py builds (what `make handin` sends)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("handin_tool", Path(__file__).resolve().parents[2] / "labs" /
+                                                  "tools" / "handin.py")
+    handin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(handin)
+    data = handin.build_archive(GOOD, 1_700_000_000)
+    assert send(api, data).status_code == 201
