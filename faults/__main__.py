@@ -1,14 +1,15 @@
 """`make faults` (python -m faults): the fault and abuse suite. Writes faults/results/latest.json and
 latest.md (one figure per line) and the README section between the faults markers.
 
-    python -m faults [--only pool,webkill,hostkey,uploads,access,slowclients,exports,qemusandbox] [--uploads 2000] [--pool-vms 2]
+    python -m faults [--only pool,webkill,hostkey,uploads,access,slowclients,exports,qemusandbox,storage] [--uploads 2000] [--pool-vms 2]
                      [--kills worker=2,web=4,qemu=2] [--faults panic,hang,...] [--seed 1] [--no-readme]
 
 Parts: ``pool`` (kernel faults, user-space faults and restarts, on one service with a VM pool),
 ``webkill`` (hand-ins in flight while the web process is killed again and again), ``hostkey``, ``uploads``, ``access``,
 ``slowclients`` (normal requests while slow clients hold connections, straight to `serve` and behind nginx),
 ``exports`` (formula cells in CSV exports, security headers on every route, hostile next= and cohort names),
-``qemusandbox`` (every QEMU of a one-VM pool confined, through a panic and the restore).
+``qemusandbox`` (every QEMU of a one-VM pool confined, through a panic and the restore),
+``storage`` (what one student can make the service keep; the instance folder's file modes).
 Every loop is bounded in count and time; all traffic stays on this machine (127.0.0.1 and QEMU's
 user-mode network).
 """
@@ -25,9 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "faults" / "results"
 BEGIN, END = "<!-- faults:begin -->", "<!-- faults:end -->"
-PARTS = ["pool", "webkill", "hostkey", "uploads", "access", "slowclients", "exports", "qemusandbox"]
+PARTS = ["pool", "webkill", "hostkey", "uploads", "access", "slowclients", "exports", "qemusandbox", "storage"]
 # report order: the pool part's figures carry their own part names (kernel, user, restarts)
-ORDER = ["pool", "webkill", "uploads", "access", "exports", "slowclients", "hostkey", "qemusandbox"]
+ORDER = ["pool", "webkill", "uploads", "access", "exports", "slowclients", "storage", "hostkey", "qemusandbox"]
 
 
 def say(msg: str) -> None:
@@ -122,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         from faults import qemusandbox
 
         run("qemusandbox", lambda: qemusandbox.measure(golden, progress=say))
+    if "storage" in only:
+        from faults import storage
+
+        run("storage", lambda: storage.measure(progress=say))
     result["wall_s"] = round(time.monotonic() - t0 + result.get("wall_s_merged", 0), 1)
     (RESULTS / "partial.json").unlink(missing_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

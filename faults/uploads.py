@@ -63,11 +63,14 @@ def repo_on_path() -> None:
 
 
 def new_sandbox(prefix: str) -> tuple[Path, Path]:
-    """A temporary sandbox holding a private instance folder whose config.py has a random secret key."""
+    """A temporary sandbox holding a private instance folder whose config.py has a random secret key
+    and no per-student cooldown, quota or storage budget: the parts using it send many uploads as one
+    student to measure validation and access (the limits are measured by faults/storage.py)."""
     sandbox = Path(tempfile.mkdtemp(prefix=prefix))
     instance = sandbox / "instance"
     instance.mkdir()
-    (instance / "config.py").write_text(f"SECRET_KEY = {secrets.token_urlsafe(48)!r}\n")
+    (instance / "config.py").write_text(f"SECRET_KEY = {secrets.token_urlsafe(48)!r}\nSUBMIT_COOLDOWN_SECONDS = 0\n"
+                                        "SUBMIT_MAX_PER_ASSIGNMENT = 0\nSTORAGE_BUDGET_BYTES = 0\n")
     return sandbox, instance
 
 

@@ -5,16 +5,19 @@ import logging
 import os
 from pathlib import Path
 
+import click
 from flask import Flask, Request, jsonify, render_template, request
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from werkzeug.exceptions import BadRequest
 
 from .config import Defaults, check_secret, resolve_paths
 from .headers import init_headers
 from .models import User, db
+from .private import make_dir, tighten, touch
 
 MIGRATIONS = str(Path(__file__).resolve().parent / "migrations")
 
@@ -38,8 +41,9 @@ class FormRequest(Request):
             raise BadRequest(f"The form could not be read: it is not well-formed {self.mimetype} ({e}).") from None
 
 
-class ConfigError(RuntimeError):
-    """The configuration cannot run a service (the message says what to set)."""
+class ConfigError(click.ClickException):
+    """The configuration cannot run a service (the message says what to set). A ClickException so
+    that `flask --app grader ...` prints the reason and exits 1 instead of a traceback."""
 
 
 def _sqlite_pragmas(engine) -> None:
@@ -53,6 +57,16 @@ def _sqlite_pragmas(engine) -> None:
         cur.close()
 
 
+def _private_storage(config) -> None:
+    """The store folder and a SQLite database file exist before anything writes into them, readable
+    only by this account (sqlite3 would create the file with the umask's mode)."""
+    make_dir(config["STORE_DIR"])
+    url = make_url(config["SQLALCHEMY_DATABASE_URI"])
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
+            and not url.database.startswith("file:"):
+        touch(url.database)
+
+
 def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__, instance_path=os.environ.get("GRADER_INSTANCE_PATH") or None,
                 instance_relative_config=True)
@@ -62,13 +76,17 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.from_prefixed_env("GRADER")
     if test_config:
         app.config.update(test_config)
-    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
-    resolve_paths(app.config, app.instance_path)
     production = not (app.config.get("TESTING") or app.debug or app.config.get("DEMO"))
     app.config["PRODUCTION"] = production
-    problem = check_secret(app.config, production=False)
+    # before anything is created: a refused configuration leaves no instance folder behind
+    problem = check_secret(app.config, production=production)
     if problem:
-        raise ConfigError(problem)
+        raise ConfigError(problem + " (in the environment or the instance folder's config.py)")
+    make_dir(app.instance_path)
+    if os.path.isfile(os.path.join(app.instance_path, "config.py")):   # it may hold the secret key
+        tighten(Path(app.instance_path) / "config.py")
+    resolve_paths(app.config, app.instance_path)
+    _private_storage(app.config)
     uri = app.config["SQLALCHEMY_DATABASE_URI"]
     if uri.startswith("sqlite"):
         app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"connect_args": {"timeout": 30}})
@@ -190,16 +208,3 @@ def _errors(app: Flask) -> None:
     @app.errorhandler(500)
     def server_error(e):
         return respond(500, "Internal error; it has been logged.")
-
-
-def require_production_secret(app: Flask) -> None:
-    """`flask --app grader serve` and the WSGI entry call this: no missing or placeholder secret."""
-    if app.config.get("DEMO") or app.debug or app.config.get("TESTING"):
-        return
-    if app.config.get("SECRET_KEY_EPHEMERAL"):
-        raise ConfigError("GRADER_SECRET_KEY is not set; generate one with "
-                          "`python -c 'import secrets; print(secrets.token_urlsafe(48))'` and put it in "
-                          "the environment or the instance folder's config.py")
-    problem = check_secret(app.config, production=True)
-    if problem:
-        raise ConfigError(problem)

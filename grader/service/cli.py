@@ -165,8 +165,10 @@ def register(app) -> None:
     @click.option("--deadline", required=True, help="UTC, e.g. 2026-12-01T23:59")
     @click.option("--penalty-per-day", type=float, default=10.0, show_default=True)
     @click.option("--penalty-cap", type=float, default=50.0, show_default=True)
-    @click.option("--max-submissions", type=int, default=0, show_default=True)
-    @click.option("--cooldown", type=int, default=0, show_default=True, help="seconds between submissions")
+    @click.option("--max-submissions", type=int, default=0, show_default=True,
+                  help="0: the service's SUBMIT_MAX_PER_ASSIGNMENT")
+    @click.option("--cooldown", type=int, default=0, show_default=True,
+                  help="seconds between submissions (0: the service's SUBMIT_COOLDOWN_SECONDS)")
     def add_lab(cohort, lab, deadline, penalty_per_day, penalty_cap, max_submissions, cooldown):
         """Assign labs/LAB to COHORT with its deadline and policies."""
         from .labs import available_labs, lab_spec
@@ -272,16 +274,11 @@ def register(app) -> None:
     @app.cli.command("serve")
     @_serve_options
     def serve(**options):
-        """Serve the web UI and API with waitress (refuses a missing or placeholder secret key)."""
+        """Serve the web UI and API with waitress (the app refuses a missing, short or placeholder secret
+        key before this runs: grader/service/app.py)."""
         from waitress import serve as wserve
 
-        from .app import ConfigError, require_production_secret
-
         app_ = current_app._get_current_object()
-        try:
-            require_production_secret(app_)
-        except ConfigError as e:
-            raise click.ClickException(str(e)) from None
         settings = waitress_settings(app_.config, options)
         _fit_open_files(settings["connection_limit"] + settings["threads"] + 64)
         where = (f"unix:{settings['unix_socket']}" if settings.get("unix_socket")

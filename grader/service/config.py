@@ -53,6 +53,11 @@ class Defaults:
     UPLOAD_MAX_ARCHIVE_BYTES = 1024 * 1024  # an uploaded archive
     UPLOAD_MAX_MEMBERS = 64                 # members an archive may hold (the lab's files and clutter)
     UPLOAD_MAX_UNPACKED_BYTES = 4 * 1024 * 1024  # all members together, unpacked
+    # --- submission policy, per student (0: no limit). An assignment's own max_submissions and
+    # cooldown_seconds, when not 0, replace the first two for that assignment.
+    SUBMIT_COOLDOWN_SECONDS = 30            # between two submissions to one assignment (429 + Retry-After)
+    SUBMIT_MAX_PER_ASSIGNMENT = 100         # submissions to one assignment
+    STORAGE_BUDGET_BYTES = 64 * 1024 * 1024  # bytes the store keeps for all of a student's submissions
     # --- queue and workers
     QUEUE_URL = None                        # None: SQLite huey in the instance folder; redis://... across hosts
     QUEUE_NAME = "copylab"
@@ -94,8 +99,9 @@ def resolve_paths(config: dict, instance_path: str) -> None:
 
 
 def check_secret(config: dict, production: bool) -> str | None:
-    """None when the secret key is acceptable; else why not. Outside production, a missing key is
-    replaced by a random one for this process (sessions then end when it exits)."""
+    """None when the secret key is acceptable; else why not. In production a key must be set, at least
+    32 characters long, not a placeholder and not a few characters repeated. Outside production, a
+    missing key is replaced by a random one for this process (sessions then end when it exits)."""
     key = config.get("SECRET_KEY")
     if isinstance(key, str) and key.strip().lower() in KNOWN_BAD_SECRETS:
         return "GRADER_SECRET_KEY is a well-known placeholder; set a long random value"
@@ -108,4 +114,7 @@ def check_secret(config: dict, production: bool) -> str | None:
         return None
     if production and len(str(key)) < 32:
         return "GRADER_SECRET_KEY is shorter than 32 characters"
+    if production and len(set(str(key))) < 10:
+        return (f"GRADER_SECRET_KEY uses only {len(set(str(key)))} distinct characters; set a long random "
+                "value")
     return None

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from grader.service.private import make_dir, write_text
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -43,11 +45,11 @@ def main(instance: Path | None = None, port: int | None = None) -> int:
     instance = Path(instance or os.environ.get("COPYLAB_DEMO_INSTANCE") or REPO / "build" / "demo-instance")
     if instance.exists():
         shutil.rmtree(instance)
-    instance.mkdir(parents=True, mode=0o700)   # private: the worker refuses a QEMU account that could read it
+    make_dir(instance)
     golden = find_golden()
-    (instance / "config.py").write_text(
-        "# written by `make demo`: a random secret for this demo instance only\n"
-        f"SECRET_KEY = {secrets.token_urlsafe(48)!r}\nPOOL_GOLDEN = {str(golden)!r}\nPOOL_QEMU_VMS = 1\n")
+    write_text(instance / "config.py",
+               "# written by `make demo`: a random secret for this demo instance only\n"
+               f"SECRET_KEY = {secrets.token_urlsafe(48)!r}\nPOOL_GOLDEN = {str(golden)!r}\nPOOL_QEMU_VMS = 1\n")
     env = dict(os.environ, GRADER_INSTANCE_PATH=str(instance), PYTHONUNBUFFERED="1")
     say(f"instance folder {instance}; golden image {golden.name}")
     logins = [line.split("\t")[1:] for line in flask(env, "demo-setup").splitlines() if line.startswith("login\t")]

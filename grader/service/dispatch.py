@@ -28,7 +28,9 @@ def make_huey(config: dict, instance_path: str):
                          "for the embedded SQLite queue)")
     from huey import SqliteHuey
 
-    return SqliteHuey(name, filename=str(Path(instance_path) / "queue.sqlite3"), results=False, utc=True)
+    from .private import touch
+
+    return SqliteHuey(name, filename=str(touch(Path(instance_path) / "queue.sqlite3")), results=False, utc=True)
 
 
 class Dispatcher:

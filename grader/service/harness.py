@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from grader.service.private import make_dir, write_text
 from grader.vm.qemu import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,13 +36,13 @@ class ServiceProcesses:
         self.url = f"http://127.0.0.1:{self.port}"
         self.progress = progress
         self.env = dict(os.environ, GRADER_INSTANCE_PATH=str(self.instance), PYTHONUNBUFFERED="1")
-        self.instance.mkdir(parents=True, exist_ok=True)
+        make_dir(self.instance)
         conf = {"SECRET_KEY": secrets.token_urlsafe(48), "HEARTBEAT_SECONDS": 2, "LEASE_SECONDS": 30,
                 "RECONCILE_SECONDS": 5}
         if golden is not None:   # None: no worker will run (grading paused)
             conf.update(POOL_GOLDEN=str(golden), POOL_QEMU_VMS=pool_vms)
         conf.update(settings or {})
-        (self.instance / "config.py").write_text("".join(f"{k} = {v!r}\n" for k, v in conf.items()))
+        write_text(self.instance / "config.py", "".join(f"{k} = {v!r}\n" for k, v in conf.items()))
         self.web: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
         self.starts = {"web": 0, "worker": 0}

@@ -93,7 +93,8 @@ class Assignment(db.Model):
     deadline: Mapped[dt.datetime] = mapped_column(DateTime)
     penalty_per_day: Mapped[float] = mapped_column(Float, default=10.0)   # percent of the score per late day
     penalty_cap: Mapped[float] = mapped_column(Float, default=50.0)       # percent, at most
-    max_submissions: Mapped[int] = mapped_column(Integer, default=0)      # 0: no quota
+    # 0: the service's SUBMIT_MAX_PER_ASSIGNMENT / SUBMIT_COOLDOWN_SECONDS (grader/service/policy.py)
+    max_submissions: Mapped[int] = mapped_column(Integer, default=0)
     cooldown_seconds: Mapped[int] = mapped_column(Integer, default=0)     # between two submissions
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     cohort = relationship("Cohort", back_populates="assignments")

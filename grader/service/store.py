@@ -1,5 +1,6 @@
 """The durable store: submissions are written once (temp dir, fsync, rename) before they are
-acknowledged; grading artifacts are kept per job. Keys are generated here, never taken from input."""
+acknowledged; grading artifacts are kept per job. Keys are generated here, never taken from input.
+Everything is written readable by the service's account only (grader/service/private.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +10,8 @@ import shutil
 from pathlib import Path
 
 from grader.engine.run import submission_digest
+
+from .private import DIR_MODE, create, make_dir, tighten_tree
 
 
 class Store:
@@ -31,16 +34,13 @@ class Store:
         digest, per_file = submission_digest(files)
         key = f"submissions/{digest[:2]}/{digest[:16]}-{secrets.token_hex(8)}"
         final = self.root / key
-        final.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(final.parent)
         tmp = final.parent / (".tmp-" + final.name)
-        tmp.mkdir()
+        tmp.mkdir(mode=DIR_MODE)
         try:
             items = list(files.items()) + ([(self.UPLOAD_NAME, upload)] if upload is not None else [])
             for name, data in items:
-                with open(tmp / name, "xb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                create(tmp / name, data, sync=True)
             self._fsync_dir(tmp)
             os.rename(tmp, final)
             self._fsync_dir(final.parent)
@@ -48,6 +48,16 @@ class Store:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return key, digest, per_file
+
+    @staticmethod
+    def bytes_for(files: dict[str, bytes], upload: bytes | None) -> int:
+        """The bytes put_submission keeps for these files and archive."""
+        return sum(len(b) for b in files.values()) + len(upload or b"")
+
+    def kept_bytes(self, key: str) -> int:
+        """The bytes kept on disk for a submission (its files and the archive as uploaded)."""
+        d = self._inside(key)
+        return sum(p.stat().st_size for p in d.iterdir() if p.is_file()) if d.is_dir() else 0
 
     def submission_dir(self, key: str) -> Path:
         return self._inside(key)
@@ -71,8 +81,9 @@ class Store:
         dest = self._inside(key)
         if dest.exists():
             shutil.rmtree(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(dest.parent)
         shutil.copytree(src, dest, symlinks=False)
+        tighten_tree(dest)
         return key
 
     def artifact_path(self, key: str, name: str) -> Path | None:

@@ -10,7 +10,7 @@ from flask import current_app
 from . import jobs
 from .labs import lab_spec
 from .models import Assignment, Membership, Submission, User, db
-from .policy import check_quota
+from .policy import check_quota, check_storage
 from .store import Store
 from .uploads import Limits, UploadPart, validate_upload
 
@@ -26,17 +26,31 @@ def is_member(user: User, assignment: Assignment) -> bool:
                               ).scalar_one_or_none() is not None
 
 
+def hold_student(user_id: int) -> None:
+    """Until the session's transaction ends, no other acceptance for this student gets past this
+    point: parallel uploads would otherwise all pass the cooldown, quota and budget checks before any
+    of them is committed. A no-op UPDATE of the student's row takes PostgreSQL's row lock or SQLite's
+    write lock, in a fresh transaction (the commit before it ends the session's reads)."""
+    db.session.commit()
+    db.session.execute(db.update(User).where(User.id == user_id).values(active=User.active))
+
+
 def accept(user: User, assignment: Assignment, parts: list[UploadPart], source: str, *,
            kind: str = "live", batch_id: int | None = None, enforce_quota: bool = True):
     """Returns (submission, job). Raises UploadRejected / QuotaExceeded with the student's message."""
     lab = lab_spec(assignment.lab)
     if enforce_quota:
-        check_quota(assignment, user.id)
+        check_quota(assignment, user.id)   # refused before the upload is read; checked again below
     files = validate_upload(parts, lab.files, limits_for(lab))
     store = Store(current_app.config["STORE_DIR"])
     upload = next((p.data for p in parts if p.field == "archive"), None)
     key, digest, per_file = store.put_submission(files, upload)
     try:
+        if enforce_quota:
+            hold_student(user.id)
+            check_quota(assignment, user.id)
+            kept = db.session.execute(db.select(Submission.storage_key).filter_by(user_id=user.id)).scalars()
+            check_storage(assignment, sum(store.kept_bytes(k) for k in kept), Store.bytes_for(files, upload))
         sub = Submission(user_id=user.id, assignment_id=assignment.id, sha256=digest,
                          upload_sha256=hashlib.sha256(upload).hexdigest() if upload is not None else None,
                          files_json=json.dumps(per_file), size=sum(len(b) for b in files.values()),

@@ -4,12 +4,20 @@ An upload is either the lab's files as separate file fields, or one archive (tar
 recognised by content, not by name). Accepted: exactly the lab's file names, regular files, within
 the size caps, UTF-8 text without NUL bytes. Everything else is refused with a message that names the
 offending field or member. Nothing is written to disk here: the result is a dict name -> bytes.
+
+An archive must end where its format says it ends: no bytes after a tar's end-of-archive blocks (past
+the padding to a full record), after the last gzip member, or around a zip's records. Such bytes are
+refused, not dropped: the store keeps the archive exactly as uploaded, because the receipt's sha256
+names those bytes (ARCHITECTURE.md "Receipts"), and refusing keeps that true without storing data the
+lab does not need.
 """
 from __future__ import annotations
 
 import gzip
 import io
+import struct
 import tarfile
+import zlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -92,8 +100,9 @@ def _member_name(raw: str, allowed: set[str]) -> str:
 
 def _from_tar(data: bytes, allowed: set[str], limits: Limits) -> dict[str, bytes]:
     raw = io.BytesIO(data)
-    stream = _Budget(gzip.GzipFile(fileobj=raw) if data[:2] == b"\x1f\x8b" else raw,
-                     limits.unpacked_bytes + 64 * 1024)
+    compressed = data[:2] == b"\x1f\x8b"
+    budget = limits.unpacked_bytes + 64 * 1024
+    stream = _Budget(gzip.GzipFile(fileobj=raw) if compressed else raw, budget)
     found: dict[str, bytes] = {}
     count = 0
     try:
@@ -115,9 +124,56 @@ def _from_tar(data: bytes, allowed: set[str], limits: Limits) -> dict[str, bytes
                     raise UploadRejected(f"the archive holds {name} twice")
                 f = tar.extractfile(m)
                 found[name] = f.read(limits.file_bytes + 1) if f else b""
+            end = tar.offset
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as e:
+        if compressed:   # names bytes after the gzip stream when they are the cause
+            _gunzip(data, budget)
         raise UploadRejected(f"the archive is damaged or not a tar/zip archive ({type(e).__name__})") from None
+    _check_tar_end(_gunzip(data, budget) if compressed else data, end)
     return found
+
+
+# a tar ends with two zero blocks, padded with zeros to a whole record (tar's blocking factor 20)
+TAR_TAIL = 2 * tarfile.BLOCKSIZE + tarfile.RECORDSIZE
+
+
+def _check_tar_end(tar_bytes: bytes, end: int) -> None:
+    """Only the end-of-archive zeros may follow the last member (``end``: where its data ends)."""
+    tail = tar_bytes[end:]
+    if tail.strip(b"\0"):
+        what = f"{len(tail)} bytes after its last member that are not the end-of-archive zeros"
+    elif len(tail) > TAR_TAIL:
+        what = f"{len(tail)} zero bytes after its last member where the end-of-archive blocks take {TAR_TAIL}"
+    else:
+        return
+    raise UploadRejected(f"the archive has {what}; data past an archive's end is not kept: make the "
+                         "archive again with tar or make handin")
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Every gzip member of ``data``, decompressed (at most ``limit`` bytes); anything after the last
+    member is refused."""
+    out = bytearray()
+    rest = data
+    while rest:
+        if rest[:2] != b"\x1f\x8b":
+            raise UploadRejected(f"the archive has {len(rest)} bytes after the end of its gzip stream; "
+                                 "data past an archive's end is not kept: make the archive again with "
+                                 "tar or make handin")
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            chunk = rest
+            while chunk and not d.eof:
+                out += d.decompress(chunk, limit + 1 - len(out))
+                if len(out) > limit:
+                    raise UploadRejected("the archive unpacks to more than the allowed size")
+                chunk = d.unconsumed_tail
+        except zlib.error as e:
+            raise UploadRejected(f"the archive is damaged or not a tar/zip archive ({e})") from None
+        if not d.eof:
+            raise UploadRejected("the archive is damaged or not a tar/zip archive (the gzip stream is cut short)")
+        rest = d.unused_data
+    return bytes(out)
 
 
 def _check_dir_name(raw: str) -> None:
@@ -155,6 +211,7 @@ def _from_zip(data: bytes, allowed: set[str], limits: Limits) -> dict[str, bytes
                 if total > limits.unpacked_bytes:
                     raise UploadRejected("the archive unpacks to more than the allowed size")
                 found[name] = body
+            _check_zip_layout(data, infos, z.start_dir)
     except UnicodeDecodeError:
         raise UploadRejected("an archive member's name is marked as UTF-8 but is not valid UTF-8") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError,
@@ -162,6 +219,49 @@ def _from_zip(data: bytes, allowed: set[str], limits: Limits) -> dict[str, bytes
         raise UploadRejected(f"the archive is damaged or uses an unsupported zip feature "
                              f"({type(e).__name__})") from None
     return found
+
+
+ZIP_COMMENT_MAX = 1024
+
+
+def _outside_zip(what: str) -> UploadRejected:
+    return UploadRejected(f"the zip archive has {what}; data outside an archive's records is not kept: "
+                          "make the archive again with zip or your file manager")
+
+
+def _check_zip_layout(data: bytes, infos: list[zipfile.ZipInfo], start_dir: int) -> None:
+    """Every byte of a zip belongs to its records: the members (local header, data, data descriptor)
+    back to back from the first byte, the central directory right after them, then the end record
+    (and its zip64 forms), whose comment (at most ZIP_COMMENT_MAX bytes) ends the file."""
+    pos = 0
+    for info in sorted(infos, key=lambda i: i.header_offset):
+        if info.header_offset != pos:
+            raise _outside_zip(f"{info.header_offset - pos} bytes before member {_printable(info.filename)}")
+        head = data[pos:pos + 30]
+        if len(head) < 30 or head[:4] != b"PK\x03\x04":
+            raise UploadRejected(f"the archive is damaged (no local header for {_printable(info.filename)})")
+        name_len, extra_len = struct.unpack("<2H", head[26:30])
+        pos += 30 + name_len + extra_len + info.compress_size
+        if info.flag_bits & 0x08:   # a data descriptor follows: optional signature, crc and two sizes
+            zip64 = info.compress_size >= 0xFFFFFFFF or info.file_size >= 0xFFFFFFFF
+            pos += (4 if data[pos:pos + 4] == b"PK\x07\x08" else 0) + (20 if zip64 else 12)
+    if start_dir != pos:
+        raise _outside_zip(f"{start_dir - pos} bytes between its last member and its central directory")
+    eocd = data.rfind(b"PK\x05\x06", max(0, len(data) - 22 - 65535))
+    cd_size, _cd_offset, comment = struct.unpack("<2LH", data[eocd + 12:eocd + 22])
+    cd_end = eocd
+    if data[eocd - 20:eocd - 16] == b"PK\x06\x07":   # zip64 end record, then its locator
+        (cd_end,) = struct.unpack("<Q", data[eocd - 12:eocd - 4])
+        rec_size, = struct.unpack("<Q", data[cd_end + 4:cd_end + 12])
+        cd_size, = struct.unpack("<Q", data[cd_end + 40:cd_end + 48])
+        if data[cd_end:cd_end + 4] != b"PK\x06\x06" or cd_end + 12 + rec_size != eocd - 20:
+            raise _outside_zip("bytes between its zip64 end records")
+    if start_dir + cd_size != cd_end:
+        raise _outside_zip(f"{cd_end - start_dir - cd_size} bytes after its central directory")
+    if comment > ZIP_COMMENT_MAX:
+        raise _outside_zip(f"a comment of {comment} bytes (at most {ZIP_COMMENT_MAX})")
+    if eocd + 22 + comment != len(data):
+        raise _outside_zip(f"{len(data) - eocd - 22 - comment} bytes after its end record")
 
 
 def unpack_archive(data: bytes, allowed: set[str], limits: Limits) -> dict[str, bytes]:

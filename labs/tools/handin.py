@@ -23,6 +23,11 @@ the top), the archive is POSTed as multipart form field `archive` to
 kept, and the exit status is 3. The archive is kept in every case, so the student holds the
 exact bytes the receipt's sha256 names.
 
+The token is sent only over https://, or over plain http:// to this machine (localhost, 127.0.0.0/8,
+::1); any other http:// URL is refused (exit status 2) before anything is sent. Redirects are never
+followed: the token would go along to wherever the answer points (the reason names the new address,
+exit status 3).
+
 Standard library only (Python 3.11).
 """
 
@@ -33,6 +38,7 @@ import configparser
 import datetime as dt
 import hashlib
 import io
+import ipaddress
 import json
 import os
 import stat
@@ -191,6 +197,38 @@ def upload_config(config_path: Path | None) -> tuple[str | None, str | None]:
     return url, token
 
 
+def url_problem(url: str) -> str | None:
+    """None when the token may be sent to ``url``; else why not."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"grader URL {url!r} is not an http(s) URL"
+    if parts.scheme == "https":
+        return None
+    host = parts.hostname
+    try:
+        local = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = host.lower() == "localhost"
+    if local:
+        return None
+    return (
+        f"grader URL {url} is plain http:// to another machine: the token would cross the "
+        "network readable by anyone on the way; use the https:// address of the grader"
+    )
+
+
+class RedirectRefused(OSError):
+    """The grader answered with a redirect; following it would send the token along."""
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise RedirectRefused(
+            f"the grader answered HTTP {code} redirecting to {newurl}; handin does not follow "
+            "redirects (the token would go along): set url to the grader's own address"
+        )
+
+
 def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
     boundary = "copylab-" + uuid.uuid4().hex
     head = (
@@ -203,9 +241,9 @@ def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
 
 
 def upload(url: str, token: str, lab: str, archive: Path, data: bytes) -> dict:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise OSError(f"grader URL {url!r} is not an http(s) URL")
+    problem = url_problem(url)
+    if problem:
+        raise OSError(problem)
     endpoint = f"{url.rstrip('/')}/api/v1/labs/{urllib.parse.quote(lab, safe='')}/submissions"
     body, ctype = multipart("archive", archive.name, data)
     req = urllib.request.Request(
@@ -219,7 +257,7 @@ def upload(url: str, token: str, lab: str, archive: Path, data: bytes) -> dict:
             "User-Agent": "copylab-handin/1",
         },
     )
-    with urllib.request.urlopen(req, timeout=UPLOAD_TIMEOUT) as resp:
+    with urllib.request.build_opener(_NoRedirects).open(req, timeout=UPLOAD_TIMEOUT) as resp:
         raw = resp.read()
     try:
         receipt = json.loads(raw)
@@ -291,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             lab_dir, files, sums, max_bytes if isinstance(max_bytes, int) else None
         )
         url, token = (None, None) if args.no_upload else upload_config(args.config)
+        if url and token and url_problem(url):
+            raise Refused(url_problem(url))
     except Refused as exc:
         print(f"handin: {exc}", file=sys.stderr)
         return EXIT_REFUSED

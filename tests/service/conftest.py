@@ -23,7 +23,9 @@ def app(tmp_path, monkeypatch):
     from grader import create_app
 
     app = create_app({"TESTING": True, "SECRET_KEY": "test-" + "x" * 40, "HEARTBEAT_SECONDS": 0.2,
-                      "RECONCILE_SECONDS": 0.5, "LEASE_SECONDS": 5, "BUSY_RETRY_SECONDS": 0.2})
+                      "RECONCILE_SECONDS": 0.5, "LEASE_SECONDS": 5, "BUSY_RETRY_SECONDS": 0.2,
+                      # tests submit again at once; the default cooldown is tested in test_storage.py
+                      "SUBMIT_COOLDOWN_SECONDS": 0})
     app.ids = seed(app)
     yield app
     from grader.service.models import db

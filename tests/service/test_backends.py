@@ -21,7 +21,7 @@ def pg_app(tmp_path, monkeypatch, postgres_server, redis_server):
     app = create_app({"TESTING": True, "SECRET_KEY": "t" * 40, "SQLALCHEMY_DATABASE_URI": url,
                       "QUEUE_URL": redis_server.url, "QUEUE_NAME": f"q{uuid.uuid4().hex[:8]}",
                       "HEARTBEAT_SECONDS": 0.2, "RECONCILE_SECONDS": 0.5, "LEASE_SECONDS": 5,
-                      "BUSY_RETRY_SECONDS": 0.2})
+                      "BUSY_RETRY_SECONDS": 0.2, "SUBMIT_COOLDOWN_SECONDS": 0})
     app.ids = seed(app)
     yield app
     from grader.service.models import db
@@ -49,6 +49,13 @@ def test_postgres_schema_matches_models(pg_app):
     with pg_app.app_context():
         assert pg_app.extensions["sqlalchemy"].engine.dialect.name == "postgresql"
         check()   # raises when the migrations and the models disagree
+
+
+def test_parallel_uploads_of_one_student_pass_the_cooldown_once(pg_app):
+    """PostgreSQL's row lock serialises one student's acceptances (grader/service/submit.py)."""
+    from tests.service.test_storage import parallel_uploads
+
+    assert parallel_uploads(pg_app) == [201] + [429] * 7
 
 
 def test_concurrent_claims_have_one_winner(pg_app):

@@ -3,6 +3,8 @@ rendered from an instance's configuration (tests/service/test_proxy.py runs them
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import subprocess
 import sys
 import time
@@ -73,12 +75,19 @@ def test_waitress_settings_from_config_and_options(tmp_path, monkeypatch):
     assert Adjustments(**s).unix_socket_perms == 0o660       # waitress accepts every setting
 
 
-def test_serve_help_lists_the_limits():
-    r = subprocess.run([sys.executable, "-m", "flask", "--app", "grader", "serve", "--help"], cwd=ROOT,
+def test_serve_help_lists_the_limits(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADER_")}
+    env["GRADER_INSTANCE_PATH"] = str(tmp_path / "instance")
+    cmd = [sys.executable, "-m", "flask", "--app", "grader", "serve", "--help"]
+    r = subprocess.run(cmd, cwd=ROOT, env=dict(env, GRADER_SECRET_KEY=secrets.token_urlsafe(48)),
                        capture_output=True, text=True, timeout=60)
     for option in ("--connection-limit", "--channel-timeout", "--threads", "--cleanup-interval",
                    "--max-request-header-size", "--max-request-body-size", "--unix-socket", "--backlog"):
         assert option in r.stdout, r.stdout
+    # without a secret the production app is never built, and the operator is told why (no traceback)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "GRADER_SECRET_KEY is not set" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
 
 
 def test_site_file_follows_the_instance(tmp_path, monkeypatch):

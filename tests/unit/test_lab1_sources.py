@@ -394,9 +394,22 @@ def test_handin_spec_from_elsewhere(tmp_path):
 class _Receiver(http.server.BaseHTTPRequestHandler):
     requests: list[dict] = []
     status = 201
+    redirect: tuple[int, str] | None = None  # (status, Location) answered instead of a receipt
+
+    def do_GET(self):  # noqa: N802 (http.server API): where a followed 301/302/303 would go
+        self.requests.append({"path": self.path, "auth": self.headers.get("Authorization")})
+        self.send_response(404)
+        self.end_headers()
 
     def do_POST(self):  # noqa: N802 (http.server API)
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.redirect:
+            self.requests.append({"path": self.path, "auth": self.headers.get("Authorization")})
+            self.send_response(self.redirect[0])
+            self.send_header("Location", self.redirect[1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
             b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + body
         )
@@ -425,15 +438,20 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def serve_receiver(host: str = "127.0.0.1"):
+    """A _Receiver subclass of its own (its own request list) served on ``host``; (url, class,
+    server)."""
+    handler = type("Receiver", (_Receiver,), {"requests": [], "status": 201, "redirect": None})
+    server = http.server.ThreadingHTTPServer((host, 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://{host}:{server.server_address[1]}", handler, server
+
+
 @pytest.fixture
 def grader_server():
-    _Receiver.requests = []
-    _Receiver.status = 201
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    url, handler, server = serve_receiver()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", _Receiver
+        yield url, handler
     finally:
         server.shutdown()
         server.server_close()
@@ -490,3 +508,56 @@ def free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "url", ["http://grader.example.org", "http://10.0.0.5:8000/", "http://[fe80::1]/", "ftp://127.0.0.1/"]
+)
+def test_handin_refuses_plain_http_to_another_machine(tmp_path, url):
+    """The token never leaves over plain http:// (nothing is sent, nothing written: exit 2)."""
+    folder = student_folder(tmp_path)
+    r = handin(folder, handin_env(tmp_path, COPYLAB_GRADER_URL=url, COPYLAB_TOKEN="s3cret-token"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert ("plain http:// to another machine" in r.stderr) or ("not an http(s) URL" in r.stderr)
+    assert "s3cret-token" not in r.stdout + r.stderr and archives(folder) == []
+
+
+def test_handin_url_rule():
+    handin_mod = _load("handin_mod", TOOLS / "handin.py")
+    for ok in ("https://grader.example.org", "https://10.0.0.5:8443/x", "http://localhost:8000",
+               "http://LOCALHOST", "http://127.0.0.1:1", "http://127.8.9.10", "http://[::1]:8000/"):
+        assert handin_mod.url_problem(ok) is None, ok
+    for bad in ("http://grader.example.org", "http://localhost.example.org", "http://128.0.0.1",
+                "http://[::2]/", "https://", "file:///etc/passwd"):
+        assert handin_mod.url_problem(bad), bad
+
+
+def test_handin_over_localhost(tmp_path, grader_server):
+    url, receiver = grader_server
+    folder = student_folder(tmp_path)
+    url = url.replace("127.0.0.1", "localhost")
+    r = handin(folder, handin_env(tmp_path, COPYLAB_GRADER_URL=url, COPYLAB_TOKEN="tok-local"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [q["auth"] for q in receiver.requests] == ["Bearer tok-local"]
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("where", ["other host", "same host"])
+def test_handin_never_follows_a_redirect(tmp_path, grader_server, code, where):
+    """A grader (or anything in its place) answering with a redirect does not get the token sent on:
+    not to another host (127.0.0.2, a real second server), not even back to itself."""
+    url, receiver = grader_server
+    other_url, other, other_server = serve_receiver("127.0.0.2")
+    try:
+        target = (other_url if where == "other host" else url) + "/api/v1/labs/lab1/submissions"
+        receiver.redirect = (code, target)
+        folder = student_folder(tmp_path)
+        r = handin(folder, handin_env(tmp_path, COPYLAB_GRADER_URL=url, COPYLAB_TOKEN="s3cret-token"))
+    finally:
+        other_server.shutdown()
+        other_server.server_close()
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert f"HTTP {code} redirecting to {target}" in r.stderr and "does not follow" in r.stderr
+    assert [q["auth"] for q in receiver.requests] == ["Bearer s3cret-token"]   # the first request only
+    assert other.requests == []
+    assert len(archives(folder)) == 1

@@ -12,7 +12,7 @@ from ..gradebook import row_for
 from ..headers import send_untrusted
 from ..labs import lab_spec
 from ..models import ApiToken, Assignment, Membership, Submission, db, utcnow
-from ..policy import QuotaExceeded, effective_deadline
+from ..policy import QuotaExceeded, effective_deadline, submit_limits
 from ..store import Store
 from ..submit import accept
 from ..uploads import UploadPart, UploadRejected
@@ -57,7 +57,7 @@ def assignment(assignment_id: int):
     deadline, extended = effective_deadline(a, current_user.id)
     return render_template("assignment.html", a=a, lab=lab_spec(a.lab), subs=subs, deadline=deadline,
                            extended=extended, row=row_for(a, current_user), now=utcnow(),
-                           latest_result=jobs.latest_result, active_job=jobs.active_job)
+                           latest_result=jobs.latest_result, active_job=jobs.active_job, limits=submit_limits(a))
 
 
 @bp.route("/assignments/<int:assignment_id>/submit", methods=["POST"])
