@@ -81,6 +81,9 @@ def create_app(test_config: dict | None = None) -> Flask:
             _sqlite_pragmas(db.engine)
     CSRFProtect(app)
     _init_login(app)
+    from . import throttle
+
+    throttle.init_app(app)
 
     from .dispatch import Dispatcher
 

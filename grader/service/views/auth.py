@@ -3,12 +3,17 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
 from ..models import User, db
+from ..passwords import user_password_problem, verify
+from ..throttle import HashSlotsBusy, LoginGate, hash_slot, remember_device
 
 bp = Blueprint("auth", __name__)
+
+BUSY = "The service is checking too many passwords at once; try again in a few seconds."
+BUSY_RETRY_SECONDS = 2
 
 
 def _safe_next(target: str | None) -> str | None:
@@ -24,17 +29,31 @@ def _safe_next(target: str | None) -> str | None:
 def login():
     if current_user.is_authenticated:
         return redirect(url_for("student.home"))
-    error = None
+    error, status, headers = None, 200, {}
     if request.method == "POST":
         username = (request.form.get("username") or "").strip()
         password = request.form.get("password") or ""
-        user = db.session.execute(db.select(User).filter_by(username=username)).scalar_one_or_none()
-        if user is None or not user.active or not user.check_password(password):
-            error = "Unknown user name or wrong password."
+        gate = LoginGate(username)
+        refusal = gate.refusal()
+        if refusal is not None:
+            error, status, headers = refusal.message, 429, {"Retry-After": str(refusal.retry_after)}
         else:
-            login_user(user)
-            return redirect(_safe_next(request.args.get("next")) or url_for("student.home"))
-    return render_template("login.html", error=error), (401 if error else 200)
+            user = db.session.execute(db.select(User).filter_by(username=username)).scalar_one_or_none()
+            try:
+                with hash_slot():
+                    ok = verify(user, password)
+            except HashSlotsBusy:
+                error, status, headers = BUSY, 503, {"Retry-After": str(BUSY_RETRY_SECONDS)}
+            else:
+                if ok:
+                    gate.succeeded()
+                    login_user(user)
+                    response = redirect(_safe_next(request.args.get("next")) or url_for("student.home"))
+                    remember_device(response, username)
+                    return response
+                gate.failed()
+                error, status = "Unknown user name or wrong password.", 401
+    return render_template("login.html", error=error), status, headers
 
 
 @bp.route("/logout", methods=["POST"])
@@ -52,17 +71,23 @@ def logout():
 @bp.route("/account/password", methods=["GET", "POST"])
 @login_required
 def password():
-    error = None
+    error, status, headers = None, 200, {}
     if request.method == "POST":
         old, new = request.form.get("old") or "", request.form.get("new") or ""
-        if not current_user.check_password(old):
-            error = "The current password is wrong."
-        elif len(new) < 8:
-            error = "The new password must have at least 8 characters."
-        else:
-            current_user.set_password(new)  # also ends every other session of this account
-            db.session.commit()
-            login_user(current_user)
-            flash("Password changed; your other sessions are logged out.")
-            return redirect(url_for("student.home"))
-    return render_template("password.html", error=error), (400 if error else 200)
+        try:
+            with hash_slot():
+                ok = verify(current_user, old)
+        except HashSlotsBusy:
+            ok, error, status, headers = False, BUSY, 503, {"Retry-After": str(BUSY_RETRY_SECONDS)}
+        if error is None:
+            problem = user_password_problem(new, current_user) if ok else "The current password is wrong."
+            if problem:
+                error, status = problem, 400
+            else:
+                current_user.set_password(new)  # also ends the other sessions and revokes the API tokens
+                db.session.commit()
+                login_user(current_user)
+                flash("Password changed; your other sessions are logged out and your API tokens revoked.")
+                return redirect(url_for("student.home"))
+    return render_template("password.html", error=error, min_length=current_app.config["PASSWORD_MIN_LENGTH"]), \
+        status, headers
