@@ -37,7 +37,9 @@ class Defaults:
     LOGIN_HASH_WAIT_SECONDS = 3.0           # a request waits this long for a hash slot, then answers 503
     # --- passwords (grader/service/passwords.py), checked wherever a password is chosen
     PASSWORD_MIN_LENGTH = 8
-    PASSWORD_MIN_SCORE = 3                  # zxcvbn's 0-4 guessability score (3: ~10^8 guesses or more)
+    # zxcvbn's 0-4 guessability score; 4 (10^10 guesses or more) because a leaked database can be
+    # attacked offline; 3 (10^8) lets through dictionary phrases such as "winniethepooh"
+    PASSWORD_MIN_SCORE = 4
     # --- API tokens
     TOKEN_LIFETIME_DAYS = 120               # a token is refused this long after it was made (about a term)
     # --- storage (relative paths are inside the instance folder)
