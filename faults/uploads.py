@@ -221,10 +221,11 @@ class Reply:
 
 
 class Client:
-    """One caller on 127.0.0.1:port: a keep-alive HTTP/1.1 connection and its own cookies."""
+    """One caller on 127.0.0.1:port: a keep-alive HTTP/1.1 connection and its own cookies. `source` binds
+    the connection to another loopback address (127.0.0.2, ...), a client the server tells apart."""
 
-    def __init__(self, port: int, timeout: float = 60):
-        self.port, self.timeout = port, timeout
+    def __init__(self, port: int, timeout: float = 60, source: str | None = None):
+        self.port, self.timeout, self.source = port, timeout, source
         self.conn: http.client.HTTPConnection | None = None
         self.cookies: dict[str, str] = {}
         self.requests = 0
@@ -240,7 +241,8 @@ class Client:
         self.requests += 1
         try:
             if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout,
+                                                       source_address=(self.source, 0) if self.source else None)
             self.conn.request(method, path, body=body, headers=hdrs)
             r = self.conn.getresponse()
             data = r.read()

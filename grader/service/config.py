@@ -32,8 +32,12 @@ class Defaults:
     LOGIN_LOCKOUT_MAX_SECONDS = 900         # the longest lock
     LOGIN_FAILURE_WINDOW_SECONDS = 3600     # failures older than this (since the key's last one) are forgotten
     LOGIN_DEVICE_COOKIE_DAYS = 180          # a browser that logged in to an account is recognised this long
-    LOGIN_HASH_CONCURRENCY = 2              # password hashes computed at once per web process
-    LOGIN_HASH_WAITING = 4                  # requests that may wait for a hash slot; more answer 503 at once
+    # password hashes computed at once per web process, in two pools so that guessers cannot take the
+    # slots of everyone else: attempts whose account name, client or address has failures in the window
+    # ("suspect") share their own slots; the others (and password changes) have theirs
+    LOGIN_HASH_CONCURRENCY = 2              # slots for attempts without recent failures
+    LOGIN_HASH_SUSPECT_CONCURRENCY = 1      # slots for suspect attempts
+    LOGIN_HASH_WAITING = 2                  # requests per pool that may wait for a slot; more answer 503 at once
     LOGIN_HASH_WAIT_SECONDS = 3.0           # a request waits this long for a hash slot, then answers 503
     # --- passwords (grader/service/passwords.py), checked wherever a password is chosen
     PASSWORD_MIN_LENGTH = 8

@@ -68,14 +68,16 @@ class HashSlots:
 
 def init_app(app: Flask) -> None:
     cfg = app.config
-    app.extensions["copylab_hash_slots"] = HashSlots(int(cfg["LOGIN_HASH_CONCURRENCY"]),
-                                                     int(cfg["LOGIN_HASH_WAITING"]),
-                                                     float(cfg["LOGIN_HASH_WAIT_SECONDS"]))
+    waiting, wait = int(cfg["LOGIN_HASH_WAITING"]), float(cfg["LOGIN_HASH_WAIT_SECONDS"])
+    app.extensions["copylab_hash_slots"] = {
+        "clean": HashSlots(int(cfg["LOGIN_HASH_CONCURRENCY"]), waiting, wait),
+        "suspect": HashSlots(int(cfg["LOGIN_HASH_SUSPECT_CONCURRENCY"]), waiting, wait)}
 
 
-def hash_slot():
-    """`with hash_slot(): ...` around a password hash; raises HashSlotsBusy."""
-    return current_app.extensions["copylab_hash_slots"].slot()
+def hash_slot(suspect: bool = False):
+    """`with hash_slot(): ...` around a password hash, from the suspect pool for attempts with recent
+    failures; raises HashSlotsBusy."""
+    return current_app.extensions["copylab_hash_slots"]["suspect" if suspect else "clean"].slot()
 
 
 # ------------------------------------------------------------------------------ device cookie
@@ -127,6 +129,7 @@ class LoginGate:
 
     def __init__(self, username: str):
         cfg = current_app.config
+        self.suspect = False
         name = _digest(username)
         client = request.remote_addr or "unknown"
         device = device_for(username)
@@ -143,10 +146,14 @@ class LoginGate:
             ]
 
     def refusal(self) -> Refusal | None:
-        """Why this attempt may not be tried now (the longest lock of its keys), or None."""
+        """Why this attempt may not be tried now (the longest lock of its keys), or None. Only reads:
+        a locked-out guess costs one SELECT. Also sets `suspect`: a key has failures in the window."""
         now = utcnow()
-        rows = dict(db.session.execute(db.select(LoginThrottle.key, LoginThrottle.locked_until).where(
-            LoginThrottle.key.in_([k.key for k in self.keys]))).all())
+        forget = now - dt.timedelta(seconds=int(current_app.config["LOGIN_FAILURE_WINDOW_SECONDS"]))
+        found = db.session.execute(db.select(LoginThrottle).where(
+            LoginThrottle.key.in_([k.key for k in self.keys]))).scalars().all()
+        rows = {r.key: r.locked_until for r in found}
+        self.suspect = any(r.failures > 0 and r.last_failure_at >= forget for r in found)
         worst = None
         for k in self.keys:
             until = rows.get(k.key)
@@ -157,20 +164,26 @@ class LoginGate:
         seconds = max(1, math.ceil((worst[0] - now).total_seconds()))
         return Refusal(seconds, worst[1].refusal.format(s=seconds))
 
-    def failed(self) -> None:
-        """Count a failed attempt on every key; lock the keys at or over their limit."""
+    def admit(self) -> Refusal | None:
+        """Count this attempt on every key before its password is hashed, and lock the keys it brings to
+        their limit: parallel guesses (in any process) cannot pass a limit while hashes are computed.
+        Returns the refusal when another request locked a key first."""
         cfg = current_app.config
         now = utcnow()
         forget = now - dt.timedelta(seconds=int(cfg["LOGIN_FAILURE_WINDOW_SECONDS"]))
         base, longest = float(cfg["LOGIN_LOCKOUT_SECONDS"]), float(cfg["LOGIN_LOCKOUT_MAX_SECONDS"])
         table = LoginThrottle.__table__
+        open_ = db.or_(table.c.locked_until.is_(None), table.c.locked_until <= now)
         for k in self.keys:
             db.session.execute(_insert_missing(table, {"key": k.key, "failures": 0, "last_failure_at": now}))
             failures = db.session.execute(
-                db.update(table).where(table.c.key == k.key)
+                db.update(table).where(table.c.key == k.key, open_)
                 .values(failures=db.case((table.c.last_failure_at < forget, 1), else_=table.c.failures + 1),
                         last_failure_at=now)
-                .returning(table.c.failures)).scalar_one()
+                .returning(table.c.failures)).scalar_one_or_none()
+            if failures is None:   # locked meanwhile by another request
+                db.session.commit()
+                return self.refusal()
             if failures >= k.limit:
                 seconds = min(longest, base * 2 ** min(failures - k.limit, 30))
                 db.session.execute(db.update(table).where(table.c.key == k.key)
@@ -178,11 +191,18 @@ class LoginGate:
         if random.randrange(SWEEP_ONE_IN) == 0:
             db.session.execute(db.delete(table).where(table.c.last_failure_at < forget))
         db.session.commit()
+        return None
 
     def succeeded(self) -> None:
-        """The right password: this client's own key starts afresh (the account and address keys keep
-        counting what others tried)."""
-        db.session.execute(db.delete(LoginThrottle).where(LoginThrottle.key == self.keys[0].key))
+        """The right password: this client's own key starts afresh; on the account and address keys the
+        attempt is taken back (they keep counting what others tried), and a lock it set is lifted."""
+        table = LoginThrottle.__table__
+        db.session.execute(db.delete(table).where(table.c.key == self.keys[0].key))
+        for k in self.keys[1:]:
+            db.session.execute(db.update(table).where(table.c.key == k.key, table.c.failures > 0)
+                               .values(failures=table.c.failures - 1,
+                                       locked_until=db.case((table.c.failures - 1 < k.limit, None),
+                                                            else_=table.c.locked_until)))
         db.session.commit()
 
 

@@ -4,6 +4,7 @@ lifetime and revocation. The throttling tests run on SQLite and on a real Postgr
 two app objects on one database, as two web processes are."""
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -144,29 +145,52 @@ def test_unknown_user_costs_one_hash_of_the_same_parameters_and_is_throttled_ali
     assert retry_after(r) > 0 and b"to this account from here" in r.data
 
 
+@contextlib.contextmanager
+def held(slots):
+    """Take a hash slot of `slots` in another thread for the duration of the block."""
+    taken, release = threading.Event(), threading.Event()
+
+    def hold():
+        with slots.slot():
+            taken.set()
+            release.wait(30)
+    t = threading.Thread(target=hold)
+    t.start()
+    assert taken.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        t.join(10)
+
+
 def test_password_hashes_at_once_are_bounded(apps):
     """With every hash slot taken and no room to wait, a login answers 503 with Retry-After at once
     (the thread is not held); when a slot frees, logins work again."""
     a, _ = apps
     from grader.service.throttle import HashSlots
 
-    a.extensions["copylab_hash_slots"] = slots = HashSlots(1, 0, 0.1)
-    held, release = threading.Event(), threading.Event()
-
-    def hold():
-        with slots.slot():
-            held.set()
-            release.wait(30)
-    t = threading.Thread(target=hold)
-    t.start()
-    held.wait(10)
-    try:
+    clean = HashSlots(1, 0, 0.1)
+    a.extensions["copylab_hash_slots"] = {"clean": clean, "suspect": HashSlots(1, 0, 0.1)}
+    with held(clean):
         r = Visitor(a, "192.0.2.50").login("alice", PASSWORDS["alice"])
         assert r.status_code == 503 and r.headers["Retry-After"] == "2" and b"too many passwords" in r.data
-    finally:
-        release.set()
-        t.join(10)
     assert Visitor(a, "192.0.2.50").login("alice", PASSWORDS["alice"]).status_code == 302
+
+
+def test_guessers_do_not_take_the_hash_slots_of_others(apps):
+    """Attempts with recent failures (of their account name, client or address) hash in their own pool:
+    with it full they answer 503, while a client without failures still logs in."""
+    a, _ = apps
+    from grader.service.throttle import HashSlots
+
+    suspect = HashSlots(1, 0, 0.1)
+    a.extensions["copylab_hash_slots"] = {"clean": HashSlots(1, 0, 0.1), "suspect": suspect}
+    guesser = Visitor(a, "192.0.2.60")
+    assert guesser.login("bob", "wrong").status_code == 401
+    with held(suspect):
+        assert guesser.login("bob", "wrong again").status_code == 503
+        assert Visitor(a, "192.0.2.61").login("alice", PASSWORDS["alice"]).status_code == 302
 
 
 # ------------------------------------------------------------------------------ password policy

@@ -34,25 +34,25 @@ def login():
         username = (request.form.get("username") or "").strip()
         password = request.form.get("password") or ""
         gate = LoginGate(username)
-        refusal = gate.refusal()
-        if refusal is not None:
-            error, status, headers = refusal.message, 429, {"Retry-After": str(refusal.retry_after)}
-        else:
+        refusal, ok = gate.refusal(), False
+        if refusal is None:
             user = db.session.execute(db.select(User).filter_by(username=username)).scalar_one_or_none()
             try:
-                with hash_slot():
-                    ok = verify(user, password)
+                with hash_slot(suspect=gate.suspect):
+                    refusal = gate.admit()   # counted as a failure until the hash says otherwise
+                    ok = refusal is None and verify(user, password)
             except HashSlotsBusy:
                 error, status, headers = BUSY, 503, {"Retry-After": str(BUSY_RETRY_SECONDS)}
-            else:
-                if ok:
-                    gate.succeeded()
-                    login_user(user)
-                    response = redirect(_safe_next(request.args.get("next")) or url_for("student.home"))
-                    remember_device(response, username)
-                    return response
-                gate.failed()
-                error, status = "Unknown user name or wrong password.", 401
+        if refusal is not None:
+            error, status, headers = refusal.message, 429, {"Retry-After": str(refusal.retry_after)}
+        elif ok:
+            gate.succeeded()
+            login_user(user)
+            response = redirect(_safe_next(request.args.get("next")) or url_for("student.home"))
+            remember_device(response, username)
+            return response
+        elif error is None:
+            error, status = "Unknown user name or wrong password.", 401
     return render_template("login.html", error=error), status, headers
 
 
