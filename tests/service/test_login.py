@@ -240,13 +240,14 @@ def new_token(b: Browser) -> tuple[str, str]:
     return token, expiry
 
 
-def test_token_shows_its_expiry_and_is_refused_after_it(app, browser):
+def test_token_shows_its_expiry_and_is_refused_after_it(apps):
     import datetime as dt
 
     from grader.service.models import ApiToken, db, utcnow
 
+    app, _ = apps
     app.config["TOKEN_LIFETIME_DAYS"] = 30
-    alice = browser("alice")
+    alice = Browser(app, "alice")
     token, shown = new_token(alice)
     expected = utcnow() + dt.timedelta(days=30)
     assert abs(dt.datetime.strptime(shown, "%Y-%m-%d %H:%M UTC") - expected) < dt.timedelta(minutes=2)
@@ -265,15 +266,17 @@ def test_token_shows_its_expiry_and_is_refused_after_it(app, browser):
     assert "expired on" in api_me(app, other).json["error"]
 
 
-def test_password_change_revokes_every_token(app, browser):
-    alice = browser("alice")
+def test_password_change_revokes_every_token(apps):
+    """Revoked in the database: the other web process refuses the tokens too."""
+    app, other = apps
+    alice = Browser(app, "alice")
     tokens = [new_token(alice)[0] for _ in range(2)]
-    bob_token = new_token(browser("bob"))[0]
-    assert all(api_me(app, t).status_code == 200 for t in tokens)
+    bob_token = new_token(Browser(app, "bob"))[0]
+    assert all(api_me(other, t).status_code == 200 for t in tokens)
     r = alice.post("/account/password", data={"old": PASSWORDS["alice"], "new": STRONG})
     assert r.status_code == 302
     for t in tokens:
-        r = api_me(app, t)
+        r = api_me(other, t)
         assert r.status_code == 401 and "revoked" in r.json["error"] and "password was changed" in r.json["error"]
     assert api_me(app, bob_token).status_code == 200
     fresh = new_token(alice)[0]
