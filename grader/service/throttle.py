@@ -125,7 +125,8 @@ class Key:
 
 
 class LoginGate:
-    """The throttle keys of one login attempt: check them before hashing, then record the outcome."""
+    """The throttle keys of one login attempt: `refusal()` first (a read), `admit()` just before the hash
+    (counts the attempt as a failure), `succeeded()` when the password was right."""
 
     def __init__(self, username: str):
         cfg = current_app.config
