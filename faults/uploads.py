@@ -1058,7 +1058,8 @@ def g_password(g: Gen) -> Case:
     if v == 0:
         old = g.rng.choice(["wrong", "", "x" * g.rng.randint(10_000, 400_000)])
         return Case(g.i, "password form", "password", f"current password of {len(old)} bytes",
-                    [("old", None, old), ("new", None, "faults-new-password")], ("current password is wrong",),
+                    [("old", None, old), ("new", None, "faults-new-password")],
+                    ("current password is wrong", "Too many failed logins"),
                     encoding="urlencoded")
     new = g.rng.choice(["", "short", "1234567", " " * 3])
     return Case(g.i, "password form", "password", f"new password {new!r}",

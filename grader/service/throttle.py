@@ -107,7 +107,7 @@ def remember_device(response, username: str) -> None:
     """Mark this browser as one that logged in to ``username`` (the cookie holds a digest of the name)."""
     value = _device_serializer().dumps({"u": _digest(username), "d": secrets.token_urlsafe(12)})
     response.set_cookie(DEVICE_COOKIE, value, max_age=int(current_app.config["LOGIN_DEVICE_COOKIE_DAYS"]) * 86400,
-                        path="/login", httponly=True, samesite="Lax", secure=request.is_secure)
+                        httponly=True, samesite="Lax", secure=request.is_secure)
 
 
 # ------------------------------------------------------------------------------ the counters

@@ -193,6 +193,16 @@ def test_guessers_do_not_take_the_hash_slots_of_others(apps):
         assert Visitor(a, "192.0.2.61").login("alice", PASSWORDS["alice"]).status_code == 302
 
 
+def test_password_form_guesses_are_throttled_like_logins(app, browser):
+    """A session (perhaps a stolen one) guessing the current password meets the same limit."""
+    alice = browser("alice")
+    for i in range(5):
+        r = alice.post("/account/password", data={"old": f"guess-{i}", "new": STRONG})
+        assert r.status_code == 400 and b"current password is wrong" in r.data
+    r = alice.post("/account/password", data={"old": PASSWORDS["alice"], "new": STRONG})
+    assert retry_after(r) > 0 and b"Too many failed logins to this account from here" in r.data
+
+
 # ------------------------------------------------------------------------------ password policy
 @pytest.mark.parametrize("new,reason", [
     ("12345678", "too easy to guess"), ("password1", "too easy to guess"), ("short", "at least 8 characters"),

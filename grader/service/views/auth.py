@@ -25,6 +25,24 @@ def _safe_next(target: str | None) -> str | None:
     return target
 
 
+def _try_password(gate: LoginGate, user, password: str) -> tuple[bool, str | None, int, dict]:
+    """One throttled password attempt: (right, error, status, headers). The throttle is read first,
+    the attempt counted just before its hash, inside a hash slot; error None with 401: wrong password."""
+    refusal = gate.refusal()
+    if refusal is None:
+        try:
+            with hash_slot(suspect=gate.suspect):
+                refusal = gate.admit()   # counted as a failure until the hash says otherwise
+                if refusal is None and verify(user, password):
+                    gate.succeeded()
+                    return True, None, 200, {}
+        except HashSlotsBusy:
+            return False, BUSY, 503, {"Retry-After": str(BUSY_RETRY_SECONDS)}
+    if refusal is not None:
+        return False, refusal.message, 429, {"Retry-After": str(refusal.retry_after)}
+    return False, None, 401, {}
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     if current_user.is_authenticated:
@@ -33,26 +51,14 @@ def login():
     if request.method == "POST":
         username = (request.form.get("username") or "").strip()
         password = request.form.get("password") or ""
-        gate = LoginGate(username)
-        refusal, ok = gate.refusal(), False
-        if refusal is None:
-            user = db.session.execute(db.select(User).filter_by(username=username)).scalar_one_or_none()
-            try:
-                with hash_slot(suspect=gate.suspect):
-                    refusal = gate.admit()   # counted as a failure until the hash says otherwise
-                    ok = refusal is None and verify(user, password)
-            except HashSlotsBusy:
-                error, status, headers = BUSY, 503, {"Retry-After": str(BUSY_RETRY_SECONDS)}
-        if refusal is not None:
-            error, status, headers = refusal.message, 429, {"Retry-After": str(refusal.retry_after)}
-        elif ok:
-            gate.succeeded()
+        user = db.session.execute(db.select(User).filter_by(username=username)).scalar_one_or_none()
+        ok, error, status, headers = _try_password(LoginGate(username), user, password)
+        if ok:
             login_user(user)
             response = redirect(_safe_next(request.args.get("next")) or url_for("student.home"))
             remember_device(response, username)
             return response
-        elif error is None:
-            error, status = "Unknown user name or wrong password.", 401
+        error = error or "Unknown user name or wrong password."
     return render_template("login.html", error=error), status, headers
 
 
@@ -74,20 +80,18 @@ def password():
     error, status, headers = None, 200, {}
     if request.method == "POST":
         old, new = request.form.get("old") or "", request.form.get("new") or ""
-        try:
-            with hash_slot():
-                ok = verify(current_user, old)
-        except HashSlotsBusy:
-            ok, error, status, headers = False, BUSY, 503, {"Retry-After": str(BUSY_RETRY_SECONDS)}
-        if error is None:
-            problem = user_password_problem(new, current_user) if ok else "The current password is wrong."
-            if problem:
-                error, status = problem, 400
-            else:
+        # the current password is guessed like a login (a stolen session must not try it at will)
+        ok, error, status, headers = _try_password(LoginGate(current_user.username), current_user, old)
+        if ok:
+            error = user_password_problem(new, current_user)
+            status = 400
+            if error is None:
                 current_user.set_password(new)  # also ends the other sessions and revokes the API tokens
                 db.session.commit()
                 login_user(current_user)
                 flash("Password changed; your other sessions are logged out and your API tokens revoked.")
                 return redirect(url_for("student.home"))
+        elif error is None:
+            error, status = "The current password is wrong.", 400
     return render_template("password.html", error=error, min_length=current_app.config["PASSWORD_MIN_LENGTH"]), \
         status, headers
