@@ -1,15 +1,17 @@
 """`make faults` (python -m faults): the fault and abuse suite. Writes faults/results/latest.json and
 latest.md (one figure per line) and the README section between the faults markers.
 
-    python -m faults [--only pool,webkill,hostkey,uploads,access,slowclients,exports,qemusandbox,storage] [--uploads 2000] [--pool-vms 2]
-                     [--kills worker=2,web=4,qemu=2] [--faults panic,hang,...] [--seed 1] [--no-readme]
+    python -m faults [--only pool,webkill,hostkey,uploads,access,slowclients,exports,qemusandbox,storage,login]
+                     [--uploads 2000] [--pool-vms 2] [--kills worker=2,web=4,qemu=2] [--faults panic,hang,...]
+                     [--login-seconds 60] [--seed 1] [--no-readme]
 
 Parts: ``pool`` (kernel faults, user-space faults and restarts, on one service with a VM pool),
 ``webkill`` (hand-ins in flight while the web process is killed again and again), ``hostkey``, ``uploads``, ``access``,
 ``slowclients`` (normal requests while slow clients hold connections, straight to `serve` and behind nginx),
 ``exports`` (formula cells in CSV exports, security headers on every route, hostile next= and cohort names),
 ``qemusandbox`` (every QEMU of a one-VM pool confined, through a panic and the restore),
-``storage`` (what one student can make the service keep; the instance folder's file modes).
+``storage`` (what one student can make the service keep; the instance folder's file modes),
+``login`` (password guessing from one and from several loopback addresses, timing, common passwords).
 Every loop is bounded in count and time; all traffic stays on this machine (127.0.0.1 and QEMU's
 user-mode network).
 """
@@ -26,9 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "faults" / "results"
 BEGIN, END = "<!-- faults:begin -->", "<!-- faults:end -->"
-PARTS = ["pool", "webkill", "hostkey", "uploads", "access", "slowclients", "exports", "qemusandbox", "storage"]
+PARTS = ["pool", "webkill", "hostkey", "uploads", "access", "slowclients", "exports", "qemusandbox", "storage", "login"]
 # report order: the pool part's figures carry their own part names (kernel, user, restarts)
-ORDER = ["pool", "webkill", "uploads", "access", "exports", "slowclients", "storage", "hostkey", "qemusandbox"]
+ORDER = ["pool", "webkill", "uploads", "access", "exports", "slowclients", "storage", "login", "hostkey", "qemusandbox"]
 
 
 def say(msg: str) -> None:
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool-vms", type=int, default=2)
     ap.add_argument("--kills", default="worker=2,web=4,qemu=2")
     ap.add_argument("--faults", default="", help="comma-separated fault names (default: all)")
+    ap.add_argument("--login-seconds", type=float, default=60, help="length of each password-guessing attack")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--merge", action="store_true",
@@ -127,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         from faults import storage
 
         run("storage", lambda: storage.measure(progress=say))
+    if "login" in only:
+        from faults import login
+
+        run("login", lambda: login.measure(attack_seconds=args.login_seconds, progress=say))
     result["wall_s"] = round(time.monotonic() - t0 + result.get("wall_s_merged", 0), 1)
     (RESULTS / "partial.json").unlink(missing_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -279,11 +279,14 @@ def make_callers(app, world: dict, port: int) -> tuple[list[Caller], dict[str, C
     old_teacher = web_session(port, "teacher", pw["teacher"])
     old_teacher_csrf = session_csrf(old_teacher)
     changer = web_session(port, "teacher", pw["teacher"])
-    new_pw = "teacher-pass-2-" + secrets.token_hex(4)
+    new_pw = secrets.token_urlsafe(16)   # the password policy refuses one derived from the user name
     body, ctype = urlencoded([("csrf_token", session_csrf(changer)), ("old", pw["teacher"]), ("new", new_pw)])
     if changer.request("POST", "/account/password", body, {"Content-Type": ctype}).status != 302:
         raise RuntimeError("the teacher's password could not be changed")
     pw["teacher"] = new_pw
+    # the password change revoked the teacher's tokens: the old one must now be refused, a new one serves
+    teacher_token_before_change = world["tokens_by_user"]["teacher"]
+    world["tokens_by_user"]["teacher"] = add_token(app, world["ids"]["teacher"])
     callers = [Caller("anonymous", "anon", csrf=None)]
     anon = Client(port)
     callers[0].csrf = csrf_of(anon.get("/login").text())
@@ -317,6 +320,8 @@ def make_callers(app, world: dict, port: int) -> tuple[list[Caller], dict[str, C
                sign(teacher_payload, app.secret_key, lifetime + 3600), csrf=sessions["teacher"].csrf),
         Caller("revoked token", "bad-token", None, "alice", token=world["bad_tokens"]["revoked"]),
         Caller("expired token", "bad-token", None, "alice", token=world["bad_tokens"]["expired"]),
+        Caller("teacher's token from before a password change", "bad-token", None, "teacher",
+               token=teacher_token_before_change),
         Caller("made-up token", "bad-token", None, None, token="cl_" + secrets.token_urlsafe(32)),
         Caller("a token's stored hash as token", "bad-token", None, "alice",
                token=next(h for h in world["secrets"] if len(h) == 64)),

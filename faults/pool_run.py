@@ -14,6 +14,7 @@ import json
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
 import statistics
@@ -190,7 +191,8 @@ def measure(golden: Path, pool_vms: int = 2, kills: dict | None = None, seed: in
     students = [f"f{i:02d}" for i in range(len(chosen) + pool_vms * len(rounds))]
     svc = ServiceProcesses(tmp / "instance", golden, progress, pool_vms=pool_vms,
                            settings={"LEASE_SECONDS": 30, "MAX_ATTEMPTS": 4})
-    svc.setup("faults", [(u, "pw-" + u + "-123456") for u in students], ("teacher", "teacher-pw-123456"))
+    # random passwords: the password policy refuses ones derived from the user names
+    svc.setup("faults", [(u, secrets.token_urlsafe(12)) for u in students], ("teacher", secrets.token_urlsafe(12)))
     svc.start()
     clients = Clients(svc)
     # under TCG a round of grading runs takes about 110 s (boot, ~60 s module build, run)

@@ -101,6 +101,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     CSRFProtect(app)
     _init_login(app)
     init_headers(app)
+    from . import throttle
+
+    throttle.init_app(app)
 
     from .dispatch import Dispatcher
 

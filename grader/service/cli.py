@@ -116,14 +116,17 @@ def register(app) -> None:
     @click.option("--email", default=None)
     @click.password_option(envvar="GRADER_NEW_PASSWORD", help="or GRADER_NEW_PASSWORD")
     def create_instructor(username, name, email, password):
-        """Create an instructor account (or reset its password)."""
-        if len(password) < 8:
-            raise click.ClickException("the password must have at least 8 characters")
+        """Create an instructor account (or reset its password: that revokes the account's API tokens)."""
+        from .passwords import user_password_problem
+
         u = db.session.execute(db.select(User).filter_by(username=username)).scalar_one_or_none()
         if u is not None and u.role != "instructor":
             raise click.ClickException(f"{username} exists and is a {u.role}")
         u = u or User(username=username, role="instructor")
         u.name, u.email = name or u.name or username, email or u.email
+        problem = user_password_problem(password, u)
+        if problem:
+            raise click.ClickException(problem)
         u.set_password(password)
         db.session.add(u)
         db.session.commit()

@@ -45,6 +45,31 @@ class Defaults:
     SERVE_MAX_REQUEST_HEADER_SIZE = 64 * 1024   # bytes of request line and headers (431 past it)
     SERVE_MAX_REQUEST_BODY_SIZE = None      # bytes waitress buffers of a body; None: twice MAX_CONTENT_LENGTH, so
                                             # the app still explains a refusal and nothing larger is buffered
+    # --- logins (grader/service/throttle.py): failed logins are counted in the database, per key, so
+    # every web process and host sees the same counts. A key that reaches its limit is locked; each
+    # further failure locks it again for twice as long (up to the maximum). A key forgets its failures
+    # after LOGIN_FAILURE_WINDOW_SECONDS without one; a successful login clears its own key.
+    LOGIN_PAIR_FAILURES = 5                 # per account name and client (address, or the browser's device cookie)
+    LOGIN_ACCOUNT_FAILURES = 10             # per account name from clients without that account's device cookie
+    LOGIN_CLIENT_FAILURES = 30              # per client address over every account name (a lab room behind NAT)
+    LOGIN_LOCKOUT_SECONDS = 30              # the first lock; doubled by each further failure
+    LOGIN_LOCKOUT_MAX_SECONDS = 900         # the longest lock
+    LOGIN_FAILURE_WINDOW_SECONDS = 3600     # failures older than this (since the key's last one) are forgotten
+    LOGIN_DEVICE_COOKIE_DAYS = 180          # a browser that logged in to an account is recognised this long
+    # password hashes computed at once per web process, in two pools so that guessers cannot take the
+    # slots of everyone else: attempts whose account name, client or address has failures in the window
+    # ("suspect") share their own slots; the others (and password changes) have theirs
+    LOGIN_HASH_CONCURRENCY = 2              # slots for attempts without recent failures
+    LOGIN_HASH_SUSPECT_CONCURRENCY = 1      # slots for suspect attempts
+    LOGIN_HASH_WAITING = 2                  # requests per pool that may wait for a slot; more answer 503 at once
+    LOGIN_HASH_WAIT_SECONDS = 3.0           # a request waits this long for a hash slot, then answers 503
+    # --- passwords (grader/service/passwords.py), checked wherever a password is chosen
+    PASSWORD_MIN_LENGTH = 8
+    # zxcvbn's 0-4 guessability score; 4 (10^10 guesses or more) because a leaked database can be
+    # attacked offline; 3 (10^8) lets through dictionary phrases such as "winniethepooh"
+    PASSWORD_MIN_SCORE = 4
+    # --- API tokens
+    TOKEN_LIFETIME_DAYS = 120               # a token is refused this long after it was made (about a term)
     # --- storage (relative paths are inside the instance folder)
     SQLALCHEMY_DATABASE_URI = None          # default: sqlite:///<instance>/grader.sqlite3
     STORE_DIR = "store"                     # submissions (write-once) and grading artifacts

@@ -56,8 +56,13 @@ class User(UserMixin, db.Model):
         return f"{self.id}:{self.session_epoch}"
 
     def set_password(self, password: str) -> None:
+        """Also ends the account's sessions and revokes its API tokens (whoever knew the old password
+        may have made them)."""
         self.password_hash = generate_password_hash(password)
         self.session_epoch = (self.session_epoch or 0) + 1
+        if self.id is not None:
+            db.session.execute(db.update(ApiToken).where(ApiToken.user_id == self.id, ApiToken.revoked_at.is_(None))
+                               .values(revoked_at=utcnow(), revoked_reason="the password was changed"))
 
     def check_password(self, password: str) -> bool:
         return bool(self.password_hash) and check_password_hash(self.password_hash, password)
@@ -214,8 +219,26 @@ class ApiToken(db.Model):
     expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    revoked_reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
     user = relationship("User")
 
     @staticmethod
     def hash(token: str) -> str:
         return hashlib.sha256(token.encode()).hexdigest()
+
+    def expiry(self, lifetime_days: float) -> dt.datetime:
+        """When the token stops working: its own expiry, or its age reaching the configured lifetime
+        (whichever comes first, so a shorter lifetime applies to tokens made before it)."""
+        by_age = self.created_at + dt.timedelta(days=lifetime_days)
+        return min(self.expires_at, by_age) if self.expires_at else by_age
+
+
+class LoginThrottle(db.Model):
+    """Failed logins of one throttle key (grader/service/throttle.py): "pair:", "account:" or "client:"
+    and a digest of the account name as typed and/or the client, so that unknown names are counted
+    exactly like real ones and nothing typed into the form is stored."""
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)       # within the window
+    last_failure_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)

@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from .models import Cohort, Membership, User, db
+from .passwords import password_problem
 
 EMAIL_RE = re.compile(r"^[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+$")
 ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -73,8 +74,11 @@ def _parse(text: str) -> list[dict]:
             row_errors.append(f"email {email!r} is not an email address")
         if not ID_RE.match(username):
             row_errors.append(f"username {username!r} must be 1-64 letters, digits, '.', '_' or '-'")
-        if r.get("password") and len(r["password"]) < 8:
-            row_errors.append("password is shorter than 8 characters")
+        if r.get("password"):
+            problem = password_problem(r["password"], username=username, name=name, email=email,
+                                       student_number=num)
+            if problem:
+                row_errors.append(f"password: {problem}")
         if num in seen_num:
             row_errors.append(f"student_number {num} repeats row {seen_num[num]}")
         if username in seen_user:

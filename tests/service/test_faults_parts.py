@@ -1,6 +1,8 @@
 """The fault suite's web parts (faults/uploads.py, faults/access.py, faults/exports.py) at small sizes:
 each starts the real web process on a private instance folder, and every figure it reports must meet
 its target."""
+"""The fault suite's web parts (faults/uploads.py, faults/access.py, faults/login.py) at small sizes: each starts the real
+web process on a private instance folder, and every figure it reports must meet its target."""
 from __future__ import annotations
 
 import pytest
@@ -51,3 +53,17 @@ def test_exports_part():
     assert r["figures"] and not off_target(r), off_target(r)
     assert r["header_requests"] > 1000 and len(r["cohorts"]) == len(exports.WEB_COHORTS + exports.CLI_COHORTS)
     assert set(r["exports"]) == {"web", "cli"} and all(c["graded"] for c in r["exports"].values())
+def test_login_part():
+    """Password guessing against the real web process, short attacks: the figures that count answers are
+    on target (accepted tries per minute per account, the other user's refused logins, the owner's
+    browser, common passwords accepted, server errors); the timed ones (latency, unknown-vs-known) are
+    measured and reported, their targets are the fault suite's to judge on a quiet host."""
+    from faults import login
+
+    r = login.measure(attack_seconds=12, baseline_seconds=8, timing_pairs=16, http_common=40,
+                      progress=lambda msg: None)
+    counted = [f for f in off_target(r) if f["name"] not in r["timed_figures"]]
+    assert r["figures"] and not counted, counted
+    assert len(r["timed_figures"]) == 3 and r["timing"]["pairs"] == 16 and r["many_addresses"]["legit"]["n"] > 0
+    assert r["one_address"]["statuses"].get(429, 0) > 0 and r["many_addresses"]["statuses"].get(429, 0) > 0
+    assert r["many_addresses"]["owner_ok"] >= 1 and r["password_form"]["statuses"] == {400: 48}

@@ -133,7 +133,7 @@ def test_cli_instructor_path(app, tmp_path, monkeypatch):
     import time
 
     runner = app.test_cli_runner()
-    monkeypatch.setenv("GRADER_NEW_PASSWORD", "prof-pass-123")
+    monkeypatch.setenv("GRADER_NEW_PASSWORD", "granite-meadow-oboe-7")
     r = runner.invoke(args=["create-instructor", "prof", "--name", "Prof"])
     assert r.exit_code == 0, r.output
     assert runner.invoke(args=["create-cohort", "fall"]).exit_code == 0

@@ -19,7 +19,8 @@ from grader.service.harness import ServiceProcesses
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.xdist_group("service_vm"), pytest.mark.vm]
-STUDENT_PW, TEACHER_PW = "student-pass-1", "teacher-pass-1"
+# not derived from the accounts' names (the password policy refuses those)
+STUDENT_PW, TEACHER_PW = "amber-kettle-violin-31", "north-window-cello-58"
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,16 @@ def token_required(fn):
         tok = db.session.execute(db.select(ApiToken).filter_by(token_hash=ApiToken.hash(token.strip()))
                                  ).scalar_one_or_none()
         now = utcnow()
-        if tok is None or tok.revoked_at is not None or (tok.expires_at and tok.expires_at < now):
-            return jsonify(error="the API token is unknown, revoked or expired"), 401
+        if tok is None:
+            return jsonify(error="the API token is unknown; create one on the Tokens page"), 401
+        if tok.revoked_at is not None:
+            why = f" ({tok.revoked_reason})" if tok.revoked_reason else ""
+            return jsonify(error=f"the API token was revoked on {tok.revoked_at:%Y-%m-%d %H:%M} UTC{why}; "
+                                 "create a new one on the Tokens page"), 401
+        expiry = tok.expiry(current_app.config["TOKEN_LIFETIME_DAYS"])
+        if expiry <= now:
+            return jsonify(error=f"the API token expired on {expiry:%Y-%m-%d %H:%M} UTC; create a new one on "
+                                 "the Tokens page"), 401
         user = db.session.get(User, tok.user_id)
         if user is None or not user.active:
             return jsonify(error="the token's account is disabled"), 401

@@ -2,6 +2,7 @@
 their artifacts, and API tokens for `make handin`."""
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
@@ -117,17 +118,20 @@ def source(submission_id: int, name: str):
 @bp.route("/tokens", methods=["GET", "POST"])
 @login_required
 def tokens():
-    new_token = None
+    new_token, new_row = None, None
+    lifetime = current_app.config["TOKEN_LIFETIME_DAYS"]
     if request.method == "POST":
         name = (request.form.get("name") or "handin").strip()[:100]
         new_token = "cl_" + secrets.token_urlsafe(32)
-        db.session.add(ApiToken(user_id=current_user.id, name=name, token_hash=ApiToken.hash(new_token),
-                                prefix=new_token[:10]))
+        now = utcnow()
+        new_row = ApiToken(user_id=current_user.id, name=name, token_hash=ApiToken.hash(new_token),
+                           prefix=new_token[:10], created_at=now, expires_at=now + dt.timedelta(days=lifetime))
+        db.session.add(new_row)
         db.session.commit()
     mine = db.session.execute(db.select(ApiToken).where(ApiToken.user_id == current_user.id)
                               .order_by(ApiToken.id.desc())).scalars().all()
-    return render_template("tokens.html", tokens=mine, new_token=new_token,
-                           url=request.host_url.rstrip("/"))
+    return render_template("tokens.html", tokens=mine, new_token=new_token, new_row=new_row, lifetime=lifetime,
+                           now=utcnow(), url=request.host_url.rstrip("/"))
 
 
 @bp.route("/tokens/<int:token_id>/revoke", methods=["POST"])
@@ -136,7 +140,8 @@ def revoke_token(token_id: int):
     tok = db.session.get(ApiToken, token_id)
     if tok is None or tok.user_id != current_user.id:
         abort(404)
-    tok.revoked_at = tok.revoked_at or utcnow()
+    if tok.revoked_at is None:
+        tok.revoked_at, tok.revoked_reason = utcnow(), "revoked by its owner"
     db.session.commit()
     flash(f"Token {tok.prefix}... revoked.")
     return redirect(url_for("student.tokens"), 303)
