@@ -1,8 +1,6 @@
-"""The fault suite's web parts (faults/uploads.py, faults/access.py, faults/exports.py) at small sizes:
-each starts the real web process on a private instance folder, and every figure it reports must meet
+"""The fault suite's web parts (faults/uploads.py, access.py, exports.py, slowclients.py, login.py) at small
+sizes: each starts the real web process on a private instance folder, and every figure it reports must meet
 its target."""
-"""The fault suite's web parts (faults/uploads.py, faults/access.py, faults/login.py) at small sizes: each starts the real
-web process on a private instance folder, and every figure it reports must meet its target."""
 from __future__ import annotations
 
 import pytest
