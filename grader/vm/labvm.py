@@ -183,6 +183,12 @@ class QemuLabVM:
         return {"accel": self.vm.accel.accel if self.vm.accel else None,
                 "arch": self.manifest.get("qemu_arch"), "image": self.golden.name, "vm": self.vm.name}
 
+    def host_builder(self):
+        """(sandbox builder, why) for this image's build root, or (None, why the build stays here)."""
+        from grader import buildbox
+
+        return buildbox.for_golden(self.golden)
+
     def close(self) -> None:
         if self.persistent and self.prepared:
             self.vm.stop()  # keep the overlay: its clean snapshot is resumed next time
