@@ -1,11 +1,12 @@
 """`make faults` (python -m faults): the fault and abuse suite. Writes faults/results/latest.json and
 latest.md (one figure per line) and the README section between the faults markers.
 
-    python -m faults [--only pool,webkill,hostkey,uploads,access] [--uploads 2000] [--pool-vms 2]
+    python -m faults [--only pool,webkill,hostkey,uploads,access,buildbox] [--uploads 2000] [--pool-vms 2]
                      [--kills worker=2,web=4,qemu=2] [--faults panic,hang,...] [--seed 1] [--no-readme]
 
 Parts: ``pool`` (kernel faults, user-space faults and restarts, on one service with a VM pool),
-``webkill`` (hand-ins in flight while the web process is killed again and again), ``hostkey``, ``uploads``, ``access``. Every loop is bounded in count and time; all traffic stays on
+``webkill`` (hand-ins in flight while the web process is killed again and again), ``hostkey``, ``uploads``, ``access``,
+``buildbox`` (builds that try to escape the host-side build sandbox). Every loop is bounded in count and time; all traffic stays on
 this machine (127.0.0.1 and QEMU's user-mode network).
 """
 from __future__ import annotations
@@ -21,9 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "faults" / "results"
 BEGIN, END = "<!-- faults:begin -->", "<!-- faults:end -->"
-PARTS = ["pool", "webkill", "hostkey", "uploads", "access"]
+PARTS = ["pool", "webkill", "hostkey", "uploads", "access", "buildbox"]
 # report order: the pool part's figures carry their own part names (kernel, user, restarts)
-ORDER = ["pool", "webkill", "uploads", "access", "hostkey"]
+ORDER = ["pool", "webkill", "uploads", "access", "hostkey", "buildbox"]
 
 
 def say(msg: str) -> None:
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kills", default="worker=2,web=4,qemu=2")
     ap.add_argument("--faults", default="", help="comma-separated fault names (default: all)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--build-rounds", type=int, default=3, help="rounds of each hostile build (buildbox)")
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--merge", action="store_true",
                     help="keep the parts not run now from faults/results/latest.json (the report says so)")
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             result["wall_s_merged"] = sum(old[p].get("seconds", 0) for p in kept)
     t0 = time.monotonic()
     golden = None
-    if {"pool", "hostkey"} & set(only):
+    if {"pool", "hostkey", "buildbox"} & set(only):
         from grader.vm.labvm import find_golden
 
         golden = find_golden()
@@ -106,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         from faults import access
 
         run("access", lambda: access.measure(progress=say))
+    if "buildbox" in only:
+        from faults import buildbox
+
+        run("buildbox", lambda: buildbox.measure(golden, rounds=args.build_rounds, progress=say))
     result["wall_s"] = round(time.monotonic() - t0 + result.get("wall_s_merged", 0), 1)
     (RESULTS / "partial.json").unlink(missing_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import select
 import shutil
 import signal
@@ -44,15 +45,17 @@ def host_arch() -> str:
 
 @dataclass
 class Limits:
-    """Per build. RLIMIT_NPROC counts every process of the build account on the host."""
+    """Per build. `processes` is watched in the build's pid namespace; RLIMIT_NPROC at twice that
+    (it counts every process of the build account on the host) stops a fork bomb between two looks."""
     cpu_seconds: int = 120
     address_space: int = 2 << 30
     file_size: int = 64 << 20
-    processes: int = 256
+    processes: int = 128
     log_bytes: int = 1 << 20
     folder_bytes: int = 256 << 20
     folder_files: int = 5000
     output_bytes: int = 32 << 20
+    tmp_bytes: int = 128 << 20
 
 
 @dataclass
@@ -64,6 +67,39 @@ class BuildOutcome:
     outputs: dict[str, Path] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    timeout: float = 0.0
+
+    def reason(self) -> str | None:
+        """Why the build failed, in words for the student (None: it did not)."""
+        if self.timed_out:
+            return f"the build did not finish within {self.timeout:g}s"
+        if self.problem:
+            return f"the build sandbox stopped the build: {self.problem}"
+        if self.exit_code != 0:
+            signal_name = ""
+            if self.exit_code is not None and self.exit_code > 128:
+                try:
+                    signal_name = f" ({signal.Signals(self.exit_code - 128).name})"
+                except ValueError:
+                    pass
+            cause = error_line(self.log)
+            return f"the build command exited {self.exit_code}{signal_name}" + (f": {cause}" if cause else "")
+        if self.missing:
+            return "missing " + ", ".join(self.missing)
+        return None
+
+
+ERROR_LINE = re.compile(r"error|cannot|fatal|unable|denied|read-only|out of memory|not found|refused|"
+                        r"unreachable", re.I)
+
+
+def error_line(log: str) -> str | None:
+    """The last line of a build log that says what went wrong (make's own summary lines skipped)."""
+    for line in reversed(log.splitlines()):
+        line = line.strip()
+        if ERROR_LINE.search(line) and not line.startswith(("make:", "make[")):
+            return line[:300]
+    return None
 
 
 class SandboxError(RuntimeError):
@@ -105,7 +141,8 @@ class HostBuilder:
         return f"sandbox (bubblewrap, build root {self.root.name})"
 
     # ------------------------------------------------------------ the sandbox
-    def command(self, folder: Path, env: dict[str, str], argv: list[str]) -> list[str]:
+    def command(self, folder: Path, env: dict[str, str], argv: list[str],
+                info_fd: int | None = None) -> list[str]:
         lim = self.limits
         root = self.tree
         prefix: list[str] = []
@@ -120,18 +157,43 @@ class HostBuilder:
                       "setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--"]
         cmd = prefix + [
             "prlimit", f"--cpu={lim.cpu_seconds}", f"--as={lim.address_space}",
-            f"--fsize={lim.file_size}", f"--nproc={lim.processes}", "--core=0", "--",
+            f"--fsize={lim.file_size}", f"--nproc={2 * lim.processes}", "--core=0", "--",
             "bwrap", "--ro-bind", str(root), "/", "--proc", "/proc", "--dev", "/dev",
-            "--tmpfs", "/tmp", "--bind", str(folder), INSIDE, "--chdir", INSIDE,
+            "--size", str(lim.tmp_bytes), "--tmpfs", "/tmp", "--bind", str(folder), INSIDE, "--chdir", INSIDE,
             "--unshare-all", "--uid", "1000", "--gid", "1000", "--hostname", "buildbox",
             "--die-with-parent", "--new-session", "--clearenv"]
+        if info_fd is not None:
+            cmd += ["--info-fd", str(info_fd)]
         for k, v in {"PATH": "/usr/bin:/bin", "HOME": INSIDE, "LANG": "C.UTF-8", **env}.items():
             cmd += ["--setenv", k, v]
         return cmd + argv
 
-    def _spawn(self, folder: Path, env: dict[str, str], argv: list[str]) -> subprocess.Popen:
-        return subprocess.Popen(self.command(folder, env, argv), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    def _spawn(self, folder: Path, env: dict[str, str], argv: list[str]) -> tuple[subprocess.Popen, str | None]:
+        """The started sandbox and its pid namespace ("pid:[inode]", None if it never got one)."""
+        r, w = os.pipe()
+        try:
+            proc = subprocess.Popen(self.command(folder, env, argv, info_fd=w), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True, pass_fds=(w,))
+        finally:
+            os.close(w)
+        # bubblewrap writes {"child-pid": N} (in pieces) once the namespaces exist, then closes it
+        text, child, end = b"", None, time.monotonic() + 30
+        with os.fdopen(r, "rb", buffering=0) as info:
+            while child is None and time.monotonic() < end:
+                ready, _, _ = select.select([info], [], [], max(0.0, end - time.monotonic()))
+                chunk = info.read(4096) if ready else b""
+                if not chunk:
+                    break
+                text += chunk
+                try:
+                    child = json.loads(text)["child-pid"]
+                except (ValueError, KeyError):
+                    continue
+        try:
+            return proc, os.readlink(f"/proc/{child}/ns/pid") if child else None
+        except OSError:  # the command already ended
+            return proc, None
 
     def probe(self) -> str | None:
         """None when a sandbox starts here, else why not (no bubblewrap, no user namespaces, ...)."""
@@ -140,7 +202,7 @@ class HostBuilder:
                 return f"{tool} is not installed (Debian package {'bubblewrap' if tool == 'bwrap' else 'util-linux'})"
         with self.folder() as folder:
             try:
-                p = self._spawn(folder, {}, ["/usr/bin/true"])
+                p, _ = self._spawn(folder, {}, ["/usr/bin/true"])
                 out, _ = p.communicate(timeout=30)
             except (OSError, subprocess.TimeoutExpired) as e:
                 return f"bubblewrap did not start: {e}"
@@ -164,10 +226,13 @@ class HostBuilder:
                 if os.geteuid() == 0:
                     os.chown(target, self.uid, self.gid)
             env = {"KDIR": f"/lib/modules/{self.release}/build"}
-            proc = self._spawn(folder, env, command)
-            log, problem, timed_out = self._watch(proc, folder, t0 + timeout)
+            proc, ns = self._spawn(folder, env, command)
+            try:
+                log, problem, timed_out = self._watch(proc, ns, folder, t0 + timeout)
+            finally:
+                end_namespace(ns)
             out = BuildOutcome(log=log.decode("utf-8", errors="replace"), exit_code=proc.returncode,
-                               timed_out=timed_out, problem=problem)
+                               timed_out=timed_out, problem=problem, timeout=timeout)
             if problem is None and not timed_out and proc.returncode == 0:
                 dest.mkdir(parents=True, exist_ok=True)
                 for name in outputs:
@@ -184,7 +249,8 @@ class HostBuilder:
         out.seconds = time.monotonic() - t0
         return out
 
-    def _watch(self, proc: subprocess.Popen, folder: Path, deadline: float) -> tuple[bytes, str | None, bool]:
+    def _watch(self, proc: subprocess.Popen, ns: str | None, folder: Path,
+               deadline: float) -> tuple[bytes, str | None, bool]:
         """Read the log until the build ends; stop it at the first limit it crosses."""
         lim = self.limits
         buf = bytearray()
@@ -208,6 +274,8 @@ class HostBuilder:
                         break
                 if time.monotonic() >= next_scan:
                     problem = folder_over_limits(folder, lim)
+                    if ns and not problem and len(namespace_pids(ns)) > lim.processes:
+                        problem = f"the build ran more than {lim.processes} processes at once"
                     if problem:
                         break
                     next_scan = time.monotonic() + 0.5
@@ -235,6 +303,41 @@ def folder_over_limits(folder: Path, lim: Limits) -> str | None:
         if total > lim.folder_bytes:
             return f"the build folder grew over {lim.folder_bytes} bytes"
     return None
+
+
+def namespace_pids(ns: str) -> list[int]:
+    """Host pids of the live (not zombie) processes in pid namespace `ns`."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.readlink(f"/proc/{d}/ns/pid") == ns:
+                    with open(f"/proc/{d}/stat") as f:
+                        if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                            pids.append(int(d))
+            except (OSError, IndexError):
+                pass
+    return pids
+
+
+def end_namespace(ns: str | None, timeout: float = 10.0) -> None:
+    """Wait until no process of the sandbox's pid namespace is left (the kernel kills them when its
+    first process ends, asynchronously); SIGKILL stragglers."""
+    if ns is None:
+        return
+    end = time.monotonic() + timeout
+    while True:
+        left = namespace_pids(ns)
+        if not left:
+            return
+        if time.monotonic() > end:
+            raise SandboxError(f"{len(left)} build processes outlived their sandbox ({ns})")
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -256,15 +256,10 @@ class GradingRun:
             out = builder.build(sources, ["sh", "-c", self.lab.build_command], self.lab.build_outputs,
                                 dl.left(), Path(tmp))
             self.run.build_log, self.run.build_exit = out.log, out.exit_code
-            if out.timed_out:
-                raise PhaseFailed("timeout", f"build exceeded {self.lab.timeout('build'):g}s")
-            if out.problem:
-                raise PhaseFailed("failed", f"the build sandbox stopped the build: {out.problem}")
-            if out.exit_code != 0:
-                raise PhaseFailed("failed", f"{self.lab.build_command} exited {out.exit_code}")
             self.run.build_outputs_missing = out.missing
-            if out.missing:
-                raise PhaseFailed("failed", "missing " + ", ".join(out.missing))
+            reason = out.reason()
+            if reason:
+                raise PhaseFailed("timeout" if out.timed_out else "failed", reason)
             for name, path in out.outputs.items():
                 self.ex.put(path, f"{self.rdir}/{name}", mode=path.stat().st_mode & 0o777)
             module = out.outputs.get(self.lab.module_file)

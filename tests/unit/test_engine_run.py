@@ -251,19 +251,19 @@ class LocalBuilder:
     def build(self, sources, command, outputs, timeout, dest):
         import shutil
         import subprocess
+        import tempfile
         from grader.buildbox import BuildOutcome
 
         self.calls.append(command)
-        work = dest.parent / "work"
-        work.mkdir()
-        for name, src in sources.items():
-            shutil.copy(src, work / name)
-        r = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=timeout)
-        out = BuildOutcome(log=r.stdout + r.stderr, exit_code=r.returncode)
-        dest.mkdir(exist_ok=True)
-        for name in outputs:
-            shutil.copy(work / name, dest / name)
-            out.outputs[name] = dest / name
+        with tempfile.TemporaryDirectory() as work:
+            for name, src in sources.items():
+                shutil.copy(src, Path(work) / name)
+            r = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=timeout)
+            out = BuildOutcome(log=r.stdout + r.stderr, exit_code=r.returncode, timeout=timeout)
+            dest.mkdir(exist_ok=True)
+            for name in outputs:
+                shutil.copy(Path(work) / name, dest / name)
+                out.outputs[name] = dest / name
         return out
 
 
