@@ -419,7 +419,9 @@ BUILDROOT_PACKAGES = ["gcc", "gcc-12", "make", "binutils", "libc6-dev"]
 
 
 def buildroot_key(golden: str) -> str:
-    return hashlib.sha256((golden + inspect.getsource(build_buildroot)).encode()).hexdigest()[:16]
+    recipe = "".join(inspect.getsource(f) for f in (build_buildroot, dpkg_versions))
+    lists = json.dumps([BUILDROOT_DUMP, BUILDROOT_PRUNE, BUILDROOT_PACKAGES])
+    return hashlib.sha256((golden + recipe + lists).encode()).hexdigest()[:16]
 
 
 def build_buildroot(arch: str, release: str, golden: Path) -> Path:
