@@ -1,6 +1,7 @@
 """Floor vs grader on ONE lab VM, alternated: (a) the bare steps a person would type over plain ssh,
-(b) one full grading run of the same submission. Also the per-phase breakdown of the grading runs and
-the VM reset time (restore of the clean snapshot until SSH answers)."""
+(b) one full grading run of the same submission (the build in the host sandbox when the host can),
+(c) the same grading run with the build in the VM. Also the per-phase breakdown of the grading runs
+and the VM reset time (restore of the clean snapshot until SSH answers)."""
 from __future__ import annotations
 
 import random
@@ -82,12 +83,13 @@ def floor_run(vm, lab, submission: Path, workdir: Path, rng: random.Random) -> d
     return {"seconds": time.monotonic() - t0, "steps": steps, "ok": ok}
 
 
-def grader_run(vm, lab, submission: Path, workdir: Path) -> dict:
+def grader_run(vm, lab, submission: Path, workdir: Path, build_place: str = "auto") -> dict:
     t0 = time.monotonic()
-    outcome = grade(lab, vm, submission, workdir / f"grade-{time.monotonic_ns()}")
+    outcome = grade(lab, vm, submission, workdir / f"grade-{time.monotonic_ns()}", build_place=build_place)
     seconds = time.monotonic() - t0
     r = outcome.result
     return {"seconds": seconds, "score": r["score"], "reset_s": vm.last_reset_s,
+            "build_place": r["environment"].get("build_place"),
             "phases": {p["name"]: p["duration_s"] for p in r["phases"]}}
 
 
@@ -107,8 +109,11 @@ def measure(pairs: int = 3, resets: int = 5, progress=print) -> dict:
             a = floor_run(vm, lab, submission, work, rng)
             progress(f"pair {i + 1}/{pairs}: floor {a['seconds']:.1f}s ({'ok' if a['ok'] else 'NOT OK'})")
             b = grader_run(vm, lab, submission, work)
-            progress(f"pair {i + 1}/{pairs}: grader {b['seconds']:.1f}s (score {b['score']})")
-            rows.append({"floor": a, "grader": b, "ratio": b["seconds"] / a["seconds"]})
+            progress(f"pair {i + 1}/{pairs}: grader {b['seconds']:.1f}s (score {b['score']}, build in the "
+                     f"{b['build_place']})")
+            c = grader_run(vm, lab, submission, work, build_place="vm")
+            progress(f"pair {i + 1}/{pairs}: grader, build in the VM {c['seconds']:.1f}s (score {c['score']})")
+            rows.append({"floor": a, "grader": b, "grader_vm_build": c, "ratio": b["seconds"] / a["seconds"]})
         reset_times = []
         for _ in range(resets):
             vm.fresh = False
@@ -127,5 +132,10 @@ def measure(pairs: int = 3, resets: int = 5, progress=print) -> dict:
         "floor_all_ok": all(r["floor"]["ok"] for r in rows),
         "grader_scores": [r["grader"]["score"] for r in rows],
         "grader_phases_median_s": phases, "floor_steps_median_s": floor_steps,
+        "build_place": rows[0]["grader"]["build_place"],
+        "grader_vm_build_median_s": statistics.median(r["grader_vm_build"]["seconds"] for r in rows),
+        "grader_vm_build_scores": [r["grader_vm_build"]["score"] for r in rows],
+        "build_in_vm_median_s": statistics.median(r["grader_vm_build"]["phases"]["build"] for r in rows),
+        "build_in_sandbox_median_s": statistics.median(r["grader"]["phases"]["build"] for r in rows),
         "reset_s": reset_times, "reset_median_s": statistics.median(reset_times),
     }

@@ -1,7 +1,8 @@
 """`make faults` (python -m faults): the fault and abuse suite. Writes faults/results/latest.json and
 latest.md (one figure per line) and the README section between the faults markers.
 
-    python -m faults [--only pool,webkill,hostkey,uploads,access,slowclients,exports,qemusandbox,storage,login]
+    python -m faults [--only pool,webkill,hostkey,uploads,access,slowclients,exports,qemusandbox,storage,login,
+                     buildbox]
                      [--uploads 2000] [--pool-vms 2] [--kills worker=2,web=4,qemu=2] [--faults panic,hang,...]
                      [--login-seconds 60] [--seed 1] [--no-readme]
 
@@ -11,7 +12,8 @@ Parts: ``pool`` (kernel faults, user-space faults and restarts, on one service w
 ``exports`` (formula cells in CSV exports, security headers on every route, hostile next= and cohort names),
 ``qemusandbox`` (every QEMU of a one-VM pool confined, through a panic and the restore),
 ``storage`` (what one student can make the service keep; the instance folder's file modes),
-``login`` (password guessing from one and from several loopback addresses, timing, common passwords).
+``login`` (password guessing from one and from several loopback addresses, timing, common passwords),
+``buildbox`` (builds that try to escape the host-side build sandbox).
 Every loop is bounded in count and time; all traffic stays on this machine (127.0.0.1 and QEMU's
 user-mode network).
 """
@@ -28,9 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "faults" / "results"
 BEGIN, END = "<!-- faults:begin -->", "<!-- faults:end -->"
-PARTS = ["pool", "webkill", "hostkey", "uploads", "access", "slowclients", "exports", "qemusandbox", "storage", "login"]
+PARTS = ["pool", "webkill", "hostkey", "uploads", "access", "slowclients", "exports", "qemusandbox", "storage", "login", "buildbox"]
 # report order: the pool part's figures carry their own part names (kernel, user, restarts)
-ORDER = ["pool", "webkill", "uploads", "access", "exports", "slowclients", "storage", "login", "hostkey", "qemusandbox"]
+ORDER = ["pool", "webkill", "uploads", "access", "exports", "slowclients", "storage", "login", "hostkey", "qemusandbox", "buildbox"]
 
 
 def say(msg: str) -> None:
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faults", default="", help="comma-separated fault names (default: all)")
     ap.add_argument("--login-seconds", type=float, default=60, help="length of each password-guessing attack")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--build-rounds", type=int, default=3, help="rounds of each hostile build (buildbox)")
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--merge", action="store_true",
                     help="keep the parts not run now from faults/results/latest.json (the report says so)")
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             result["wall_s_merged"] = sum(old[p].get("seconds", 0) for p in kept)
     t0 = time.monotonic()
     golden = None
-    if {"pool", "hostkey", "qemusandbox"} & set(only):
+    if {"pool", "hostkey", "qemusandbox", "buildbox"} & set(only):
         from grader.vm.labvm import find_golden
 
         golden = find_golden()
@@ -134,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         from faults import login
 
         run("login", lambda: login.measure(attack_seconds=args.login_seconds, progress=say))
+    if "buildbox" in only:
+        from faults import buildbox
+
+        run("buildbox", lambda: buildbox.measure(golden, rounds=args.build_rounds, progress=say))
     result["wall_s"] = round(time.monotonic() - t0 + result.get("wall_s_merged", 0), 1)
     (RESULTS / "partial.json").unlink(missing_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

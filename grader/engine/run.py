@@ -9,6 +9,9 @@ The ``vm`` object (implemented by grader/vm/ over QEMU; a fake in the unit tests
     vm.release(dirty: bool) -> None
     vm.environment() -> dict             e.g. {"accel": "kvm"|"tcg", "arch": ..., ...}
 
+and may provide `vm.host_builder() -> (builder | None, reason)`: a sandbox on the grader host that
+builds with the VM image's own toolchain (grader/buildbox.py); without one the build runs in the VM.
+
 Phases: acquire, verify, upload, build, trace_start, load, run, collect, unload, release.
 """
 
@@ -18,6 +21,7 @@ import hashlib
 import random
 import re
 import shlex
+import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -34,6 +38,7 @@ from .result import build_result, write_result
 HELPER = "/usr/local/libexec/copylab/copylab-helper"
 RUNS_DIR = "/home/grader/runs"
 SELFTEST_MARK = "/var/lib/copylab/selftest.ok"
+BUILD_PLACES = ("auto", "sandbox", "vm")
 RUNID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -94,7 +99,11 @@ class GradingRun:
                  profile: KernelProfile | None = None, message: str | None = None,
                  port: int | None = None, runid: str | None = None,
                  rng: random.Random | None = None, helper: str = HELPER,
-                 runs_dir: str = RUNS_DIR, poll_interval: float = 0.1, sudo: str = "sudo -n"):
+                 runs_dir: str = RUNS_DIR, poll_interval: float = 0.1, sudo: str = "sudo -n",
+                 build_place: str = "auto"):
+        if build_place not in BUILD_PLACES:
+            raise ValueError(f"build_place must be one of {BUILD_PLACES}: {build_place!r}")
+        self.build_place = build_place
         self.lab = lab
         self.vm = vm
         self.submission_dir = Path(submission_dir)
@@ -219,6 +228,46 @@ class GradingRun:
         return f"{len(self.lab.files)} submission files + {', '.join(self.lab.build_files)}"
 
     def p_build(self, dl):
+        builder, why = self._builder()
+        self.run.environment["build_place"] = "sandbox" if builder else "vm"
+        self.run.environment["build_place_reason"] = why
+        if builder is not None:
+            return self._build_on_host(builder, dl) + f" in the {why}"
+        return self._build_in_vm(dl) + f" in the VM ({why})"
+
+    def _builder(self):
+        """(host builder, why) or (None, why the build stays in the VM)."""
+        if self.build_place == "vm":
+            return None, "build_place='vm' was asked for"
+        offer = getattr(self.vm, "host_builder", None)
+        builder, why = offer() if offer else (None, "this VM offers no host build root")
+        release = self.run.environment.get("kernel_release")
+        if builder is not None and builder.release != release:
+            builder, why = None, f"the build root is for {builder.release}, the VM runs {release}"
+        if builder is None and self.build_place == "sandbox":
+            raise PhaseFailed("failed", f"a sandbox build was asked for but is not possible: {why}")
+        return builder, why
+
+    def _build_on_host(self, builder, dl) -> str:
+        """The lab's build command in the host sandbox; only the named outputs go to the VM."""
+        sources = {name: self.submission_dir / name for name in self.lab.files}
+        sources.update({name: self.lab.dir / name for name in self.lab.build_files})
+        with tempfile.TemporaryDirectory(prefix="copylab-outputs-") as tmp:
+            out = builder.build(sources, ["sh", "-c", self.lab.build_command], self.lab.build_outputs,
+                                dl.left(), Path(tmp))
+            self.run.build_log, self.run.build_exit = out.log, out.exit_code
+            self.run.build_outputs_missing = out.missing
+            reason = out.reason()
+            if reason:
+                raise PhaseFailed("timeout" if out.timed_out else "failed", reason)
+            for name, path in out.outputs.items():
+                self.ex.put(path, f"{self.rdir}/{name}", mode=path.stat().st_mode & 0o777)
+            module = out.outputs.get(self.lab.module_file)
+            if module is not None:
+                self.run.module_sha256 = hashlib.sha256(module.read_bytes()).hexdigest()
+        return "built " + ", ".join(self.lab.build_outputs)
+
+    def _build_in_vm(self, dl) -> str:
         r = self.sh(f"cd {shlex.quote(self.rdir)} && {self.lab.build_command} 2>&1", dl.left())
         self.run.build_log = r.stdout + r.stderr
         self.run.build_exit = r.exit_code

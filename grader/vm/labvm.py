@@ -196,6 +196,12 @@ class QemuLabVM:
         return {"sandbox": c["seccomp"] == 2, "seccomp": c["seccomp"], "uid": c["uid"], "user": c["user"],
                 "account": self.vm.account.why if self.vm.account else None}
 
+    def host_builder(self):
+        """(sandbox builder, why) for this image's build root, or (None, why the build stays here)."""
+        from grader import buildbox
+
+        return buildbox.for_golden(self.golden)
+
     def close(self) -> None:
         if self.persistent and self.prepared:
             self.vm.stop()  # keep the overlay: its clean snapshot is resumed next time

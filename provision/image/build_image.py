@@ -410,6 +410,77 @@ def build_golden(arch: str, release: str, base: Path) -> Path:
         return stage.path
 
 
+BUILDROOT_DUMP = ["/usr", "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
+                  "/var/lib/dpkg/status"]
+# what the module and program builds never read: the kernel's own modules, documentation, locales
+BUILDROOT_PRUNE = ["usr/lib/modules/*/kernel", "usr/share/doc", "usr/share/man", "usr/share/locale",
+                   "usr/share/info", "usr/lib/firmware"]
+BUILDROOT_PACKAGES = ["gcc", "gcc-12", "make", "binutils", "libc6-dev"]
+
+
+def buildroot_key(golden: str) -> str:
+    recipe = "".join(inspect.getsource(f) for f in (build_buildroot, dpkg_versions))
+    lists = json.dumps([BUILDROOT_DUMP, BUILDROOT_PRUNE, BUILDROOT_PACKAGES])
+    return hashlib.sha256((golden + recipe + lists).encode()).hexdigest()[:16]
+
+
+def build_buildroot(arch: str, release: str, golden: Path) -> Path:
+    """The golden image's own toolchain and kernel headers as a read-only tree for the host-side
+    sandboxed build (grader/buildbox.py): extracted from the image's disk with debugfs (no mount)."""
+    gm = json.loads((golden / "manifest.json").read_text())
+    key = buildroot_key(gm["key"])
+    stage = Stage(cache_root() / f"buildroot-{arch}-{release}-{key}")
+    with stage:
+        if stage.ready():
+            log(f"build root cached: {stage.path}")
+            return stage.path
+        t0 = time.monotonic()
+        out = stage.tmp
+        raw = out / "disk.raw"
+        tree = out / "tree"
+        log("build root: the golden image's toolchain and kernel headers (debugfs rdump, no mount)")
+        sh(["qemu-img", "convert", "-O", "raw", str(golden / gm["disk"]), str(raw)], "qemu-img convert",
+           capture_output=True)
+        for path in BUILDROOT_DUMP:
+            dest = tree / path.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            sh(["debugfs", "-R", f"rdump {path} {dest.parent}", str(raw)], f"debugfs rdump {path}",
+               capture_output=True)
+            if not dest.exists():
+                raise BuildError(f"the golden image has no {path}")
+        raw.unlink()
+        for pattern in BUILDROOT_PRUNE:
+            for p in tree.glob(pattern):
+                shutil.rmtree(p)
+        for link in ("bin", "sbin", "lib", "lib64"):
+            if (tree / "usr" / link).exists():
+                (tree / link).symlink_to(f"usr/{link}")
+        for mountpoint in ("proc", "dev", "tmp", "build"):
+            (tree / mountpoint).mkdir()
+        versions = dpkg_versions(tree / "var/lib/dpkg/status",
+                                 BUILDROOT_PACKAGES + [f"linux-headers-{release}"])
+        missing = [p for p, v in versions.items() if v is None]
+        if missing or not (tree / f"usr/lib/modules/{release}/build").is_symlink():
+            raise BuildError(f"the golden image lacks {missing or ['the kernel build tree']}: "
+                             f"the toolchain role did not install them")
+        stage.commit({"stage": "buildroot", "key": key, "golden": str(golden), "golden_key": gm["key"],
+                      "arch": arch, "kernel_release": release, "tree": "tree", "packages": versions,
+                      "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                      "seconds": round(time.monotonic() - t0)})
+        log(f"build root ready in {time.monotonic() - t0:.0f}s: {stage.path}")
+        return stage.path
+
+
+def dpkg_versions(status: Path, packages: list[str]) -> dict[str, str | None]:
+    """Installed versions of `packages` from a dpkg status file (None: not installed)."""
+    found: dict[str, str | None] = dict.fromkeys(packages)
+    for para in status.read_text(errors="replace").split("\n\n"):
+        fields = dict(re.findall(r"^([A-Za-z-]+): (.*)$", para, re.M))
+        if fields.get("Package") in found and fields.get("Status", "").endswith(" installed"):
+            found[fields["Package"]] = fields.get("Version")
+    return found
+
+
 def ansible_env() -> dict:
     """Environment for ansible-playbook: the project's ansible.cfg and, when installed, Mitogen's
     strategy, which keeps one Python process in the VM instead of starting one per task (about
@@ -522,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default=os.environ.get("COPYLAB_ARCH", "amd64"), choices=sorted(CMDLINE))
     ap.add_argument("--kernel-release", default=os.environ.get("COPYLAB_KERNEL_RELEASE"))
-    ap.add_argument("--stage", choices=["base", "golden", "box"], default="golden")
+    ap.add_argument("--stage", choices=["base", "golden", "buildroot", "box"], default="golden",
+                    help="golden and box also make the build root when the image's arch is the host's")
     ap.add_argument("--print-path", action="store_true", help="print the resulting folder only")
     args = ap.parse_args(argv)
     release = args.kernel_release or DEFAULT_RELEASE[args.arch]
@@ -531,8 +603,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         path = build_base(args.arch, release)
-        if args.stage in ("golden", "box"):
+        if args.stage in ("golden", "buildroot", "box"):
             path = build_golden(args.arch, release, path)
+            if args.arch == host_arch():
+                root = build_buildroot(args.arch, release, path)
+                path = root if args.stage == "buildroot" else path
         if args.stage == "box":
             export_box(path)
     except BuildError as e:

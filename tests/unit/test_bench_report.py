@@ -33,3 +33,12 @@ def test_every_figure_has_its_verdict():
     md = markdown(RESULT)
     assert "lab VMs under **TCG** (no usable /dev/kvm)" in md
     assert md.count("| **no** |") == 4 and "| yes |" in md
+
+
+def test_sandbox_build_rows():
+    floor = dict(RESULT["floor"], ratio_median=0.42, grader_median_s=30.0, build_place="sandbox",
+                 grader_vm_build_median_s=90.0, build_in_vm_median_s=58.0, build_in_sandbox_median_s=5.5)
+    rows = {fig.split(":")[0].split(" (")[0]: (val, met) for fig, val, _t, met in rows_for(dict(RESULT, floor=floor))}
+    assert rows["grading run vs floor, median ratio b/a"][1] is True
+    assert rows["grading runs per VM per hour"] == ("40 / 120", None)
+    assert rows["module build phase, median"] == ("58.0 s / 5.5 s", None)

@@ -238,3 +238,73 @@ def test_lab_spec_names_a_kernel_per_architecture():
     assert lab.kernel_for("x86_64") == lab.kernel == "6.1.0-50-amd64"
     assert lab.kernel_for("aarch64") == "6.1.0-50-arm64"
     assert lab.kernel_for(None) == lab.kernel
+
+
+class LocalBuilder:
+    """Stands in for grader/buildbox.HostBuilder (tested for real in tests/vm/test_buildbox.py): runs
+    the command in a scratch folder on this machine and hands back the named outputs."""
+
+    def __init__(self, release):
+        self.release = release
+        self.calls = []
+
+    def build(self, sources, command, outputs, timeout, dest):
+        import shutil
+        import subprocess
+        import tempfile
+        from grader.buildbox import BuildOutcome
+
+        self.calls.append(command)
+        with tempfile.TemporaryDirectory() as work:
+            for name, src in sources.items():
+                shutil.copy(src, Path(work) / name)
+            r = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=timeout)
+            out = BuildOutcome(log=r.stdout + r.stderr, exit_code=r.returncode, timeout=timeout)
+            dest.mkdir(exist_ok=True)
+            for name in outputs:
+                shutil.copy(Path(work) / name, dest / name)
+                out.outputs[name] = dest / name
+        return out
+
+
+def offering(vm, builder, why="sandbox (test)"):
+    vm.host_builder = lambda: (builder, why)
+    return vm
+
+
+def test_build_in_the_host_sandbox_uploads_only_the_outputs(env):
+    builder = LocalBuilder(release="6.1.0-50-amd64")
+    res = env.do(vm=offering(env.vm, builder)).result
+    assert res["score"] == 100, render_text(res)
+    assert builder.calls == [["sh", "-c", env.lab.build_command]]
+    assert res["environment"]["build_place"] == "sandbox"
+    build = {p["name"]: p for p in res["phases"]}["build"]
+    assert build["status"] == "ok" and "sandbox (test)" in build["detail"]
+    run_dir = env.tmp / "runs" / "run1"
+    # the VM got the outputs (executable programs), nothing the build made besides them
+    assert os.access(run_dir / "sender", os.X_OK) and (run_dir / "copytrace.ko").is_file()
+    assert "built" in (env.tmp / "out" / "build.log").read_text()
+
+
+def test_build_stays_in_the_vm_when_the_build_root_is_for_another_kernel(env):
+    builder = LocalBuilder(release="6.1.0-49-amd64")
+    res = env.do(vm=offering(env.vm, builder)).result
+    assert res["score"] == 100 and builder.calls == []
+    assert res["environment"]["build_place"] == "vm"
+    assert "6.1.0-49-amd64" in res["environment"]["build_place_reason"]
+
+
+def test_build_stays_in_the_vm_when_the_host_cannot(env):
+    res = env.do(vm=offering(env.vm, None, "bwrap is not installed")).result
+    assert res["score"] == 100
+    assert res["environment"]["build_place"] == "vm"
+    assert res["environment"]["build_place_reason"] == "bwrap is not installed"
+    build = {p["name"]: p for p in res["phases"]}["build"]
+    assert "in the VM (bwrap is not installed)" in build["detail"]
+
+
+def test_a_required_sandbox_that_is_missing_fails_the_build(env):
+    res = env.do(vm=offering(env.vm, None, "no build root"), build_place="sandbox").result
+    build = {p["name"]: p for p in res["phases"]}["build"]
+    assert build["status"] == "failed" and "no build root" in build["detail"]
+    assert res["score"] == 0
