@@ -5,7 +5,8 @@ latest.md (one figure per line) and the README section between the faults marker
                      [--kills worker=2,web=4,qemu=2] [--faults panic,hang,...] [--seed 1] [--no-readme]
 
 Parts: ``pool`` (kernel faults, user-space faults and restarts, on one service with a VM pool),
-``webkill`` (hand-ins in flight while the web process is killed again and again), ``hostkey``, ``uploads``, ``access``. Every loop is bounded in count and time; all traffic stays on
+``webkill`` (hand-ins in flight while the web process is killed again and again), ``hostkey``, ``uploads``, ``access``,
+``isolation`` (what student programs reach; what a run leaves on an inventory host). Every loop is bounded in count and time; all traffic stays on
 this machine (127.0.0.1 and QEMU's user-mode network).
 """
 from __future__ import annotations
@@ -21,9 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "faults" / "results"
 BEGIN, END = "<!-- faults:begin -->", "<!-- faults:end -->"
-PARTS = ["pool", "webkill", "hostkey", "uploads", "access"]
+PARTS = ["pool", "webkill", "hostkey", "uploads", "access", "isolation"]
 # report order: the pool part's figures carry their own part names (kernel, user, restarts)
-ORDER = ["pool", "webkill", "uploads", "access", "hostkey"]
+ORDER = ["pool", "webkill", "uploads", "access", "hostkey", "isolation"]
 
 
 def say(msg: str) -> None:
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             result["wall_s_merged"] = sum(old[p].get("seconds", 0) for p in kept)
     t0 = time.monotonic()
     golden = None
-    if {"pool", "hostkey"} & set(only):
+    if {"pool", "hostkey", "isolation"} & set(only):
         from grader.vm.labvm import find_golden
 
         golden = find_golden()
@@ -106,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         from faults import access
 
         run("access", lambda: access.measure(progress=say))
+    if "isolation" in only:
+        from faults import isolation
+
+        run("isolation", lambda: isolation.measure(golden, progress=say))
     result["wall_s"] = round(time.monotonic() - t0 + result.get("wall_s_merged", 0), 1)
     (RESULTS / "partial.json").unlink(missing_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
