@@ -267,6 +267,18 @@ class StaticHostVM:
     def acquire(self) -> None:
         if self.retired:
             raise VMError(f"host {self.host}:{self.port} needs an operator reset: {self.retired}")
+        # also before the first job of this process: a worker killed mid-run never released the host
+        problems = self._clean()
+        if problems:
+            self.retired = "; ".join(problems)
+            raise VMError(f"host {self.host}:{self.port} retired, not proven clean before the run: {self.retired}")
+
+    def _clean(self) -> list[str]:
+        try:
+            with self.executor() as ex:
+                return clean_host(ex)
+        except Exception as e:  # noqa: BLE001 - a host that cannot be checked is not proven clean
+            return [f"cannot clean it up: {type(e).__name__}: {e}"]
 
     @contextmanager
     def executor(self):
@@ -283,11 +295,7 @@ class StaticHostVM:
         return self.retired is None
 
     def release(self, dirty: bool) -> str:
-        try:
-            with self.executor() as ex:
-                problems = clean_host(ex)
-        except Exception as e:  # noqa: BLE001 - a host that cannot be checked is not proven clean
-            problems = [f"cannot clean it up: {type(e).__name__}: {e}"]
+        problems = self._clean()
         if dirty:
             problems.insert(0, "the last grading run left it dirty (module not unloaded, crash or timeout)")
         if problems:
