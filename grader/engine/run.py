@@ -150,7 +150,8 @@ class GradingRun:
     def kill_programs(self, timeout: float = 10) -> None:
         """SIGKILL every process of the program account (whatever the student's programs left)."""
         if self.program_user:
-            self.sh(self.as_program_user("kill -s KILL -- -1") + " 2>/dev/null; true", timeout)
+            # procps's kill takes neither `--` nor `-s SIG` before a negative pid
+            self.sh(self.as_program_user("kill -KILL -1") + " 2>/dev/null; true", timeout)
 
     def disk_free(self) -> int | None:
         """Free bytes on the run folder's file system, as an unprivileged account may use them."""

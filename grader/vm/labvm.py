@@ -221,7 +221,7 @@ def clean_host(ex, program_user: str = PROGRAM_USER, runs_dir: str = RUNS_DIR, h
     own_files = (f"for m in $(findmnt -rn -o TARGET -t {WRITABLE_FSTYPES}); do "
                  f"find \"$m\" -xdev -mindepth 1 -user {u} {{action}} 2>/dev/null; done")
     steps = [
-        (f"for i in 1 2 3 4 5 6 7 8 9 10; do {as_user} kill -s KILL -- -1 2>/dev/null; "
+        (f"for i in 1 2 3 4 5 6 7 8 9 10; do {as_user} kill -KILL -1 2>/dev/null; "
          f"pgrep -u {u} >/dev/null || exit 0; sleep 0.5; done", "kill the program account's processes"),
         (f"{as_user} sh -c " + shlex.quote(
             own_files.format(action="-type d -exec chmod u+rwx {} \\;") + "; "

@@ -96,7 +96,7 @@ def test_unrecorded_exit_status_on_a_full_disk_fails_the_run(lab, lab_vm, tmp_pa
 def test_inventory_host_is_cleaned_between_jobs(lab, inventory_host, admin_ssh, tmp_path):
     first, first_run = graded(lab, inventory_host, tmp_path, "leave_process")
     assert_graded_in_full(first)
-    assert fx.probes(first_run.sender_out).get("left") == "1", first_run.sender_out
+    assert int(fx.probes(first_run.sender_out).get("left", "0")) >= 1, first_run.sender_out
     release = phases(first)["release"]
     assert release["status"] == "ok" and "cleaned up and checked" in release["detail"], release
     assert program_account_state(admin_ssh) == ""
