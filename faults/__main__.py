@@ -2,7 +2,7 @@
 latest.md (one figure per line) and the README section between the faults markers.
 
     python -m faults [--only pool,webkill,hostkey,uploads,access,slowclients,exports,qemusandbox,storage,login,
-                     buildbox]
+                     buildbox,isolation]
                      [--uploads 2000] [--pool-vms 2] [--kills worker=2,web=4,qemu=2] [--faults panic,hang,...]
                      [--login-seconds 60] [--seed 1] [--no-readme]
 
@@ -13,7 +13,8 @@ Parts: ``pool`` (kernel faults, user-space faults and restarts, on one service w
 ``qemusandbox`` (every QEMU of a one-VM pool confined, through a panic and the restore),
 ``storage`` (what one student can make the service keep; the instance folder's file modes),
 ``login`` (password guessing from one and from several loopback addresses, timing, common passwords),
-``buildbox`` (builds that try to escape the host-side build sandbox).
+``buildbox`` (builds that try to escape the host-side build sandbox),
+``isolation`` (what student programs reach; what a run leaves on an inventory host).
 Every loop is bounded in count and time; all traffic stays on this machine (127.0.0.1 and QEMU's
 user-mode network).
 """
@@ -30,9 +31,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "faults" / "results"
 BEGIN, END = "<!-- faults:begin -->", "<!-- faults:end -->"
-PARTS = ["pool", "webkill", "hostkey", "uploads", "access", "slowclients", "exports", "qemusandbox", "storage", "login", "buildbox"]
+PARTS = ["pool", "webkill", "hostkey", "uploads", "access", "slowclients", "exports", "qemusandbox", "storage", "login", "buildbox", "isolation"]
 # report order: the pool part's figures carry their own part names (kernel, user, restarts)
-ORDER = ["pool", "webkill", "uploads", "access", "exports", "slowclients", "storage", "login", "hostkey", "qemusandbox", "buildbox"]
+ORDER = ["pool", "webkill", "uploads", "access", "exports", "slowclients", "storage", "login", "hostkey", "qemusandbox", "buildbox", "isolation"]
 
 
 def say(msg: str) -> None:
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             result["wall_s_merged"] = sum(old[p].get("seconds", 0) for p in kept)
     t0 = time.monotonic()
     golden = None
-    if {"pool", "hostkey", "qemusandbox", "buildbox"} & set(only):
+    if {"pool", "hostkey", "qemusandbox", "buildbox", "isolation"} & set(only):
         from grader.vm.labvm import find_golden
 
         golden = find_golden()
@@ -141,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         from faults import buildbox
 
         run("buildbox", lambda: buildbox.measure(golden, rounds=args.build_rounds, progress=say))
+    if "isolation" in only:
+        from faults import isolation
+
+        run("isolation", lambda: isolation.measure(golden, progress=say))
     result["wall_s"] = round(time.monotonic() - t0 + result.get("wall_s_merged", 0), 1)
     (RESULTS / "partial.json").unlink(missing_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

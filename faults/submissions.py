@@ -75,7 +75,7 @@ def u_fill_disk(f):
     fx._sub(f, "sender.c", "#include <netinet/in.h>\n", "#include <netinet/in.h>\n#include <fcntl.h>\n")
     fx._insert_before(f, "sender.c", fx.SENDTO, """\
 	{
-		int dfd = open("fill", O_CREAT | O_WRONLY, 0600);
+		int dfd = open("/var/tmp/fill", O_CREAT | O_WRONLY, 0600);
 		off_t off = 0;
 
 		while (dfd >= 0 && posix_fallocate(dfd, off, 64 << 20) == 0)
@@ -114,8 +114,8 @@ FAULTS = [
     Fault("hang", "user", "sender sleeps forever before sendto()", u_hang, ("timeout:run",)),
     Fault("fork_bomb", "user", "sender forks without end", u_fork_bomb,
           ("timeout:run", "failed:run", "timeout:collect", "failed:collect")),
-    Fault("fill_disk", "user", "sender fills the VM's disk (posix_fallocate until ENOSPC)", u_fill_disk,
-          ("timeout:run", "failed:run", "checks")),
+    Fault("fill_disk", "user", "sender fills the VM's disk (posix_fallocate in /var/tmp until ENOSPC)",
+          u_fill_disk, ("timeout:run", "failed:run", "checks")),
     Fault("print_gigabytes", "user", "sender writes to stdout without end", u_print_gigabytes,
           ("timeout:run",)),
     Fault("exit_early", "user", "receiver exits before recv()", u_exit_early, ("failed:run",)),

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = Path.home() / ".copylab" / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix="check-", dir=runs.parent))
-    outcome = grade(lab, LocalVM(), lab_dir, out, runs_dir=str(runs))
+    # the programs run as the student: the VM is the student's own
+    outcome = grade(lab, LocalVM(), lab_dir, out, runs_dir=str(runs), program_user=None)
     if args.json:
         import json
 

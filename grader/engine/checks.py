@@ -194,6 +194,8 @@ def check_programs_report(run: RunData, opts: dict):
         need(False, "", f"the sender exited with status {run.sender_exit}")
     if run.receiver_exit not in (0, None):
         need(False, "", f"the receiver exited with status {run.receiver_exit}")
+    elif run.receiver_exit is None and not run.receiver_timed_out and run.phase_status("run") == "failed":
+        need(False, "", f"the receiver's exit status is unknown: {run.phases['run'].detail}")
     return ok, evid
 
 

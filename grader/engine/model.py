@@ -51,6 +51,7 @@ class RunData:
     receiver_exit: int | None = None
     receiver_listening: bool = False
     receiver_timed_out: bool = False
+    disk_free_bytes: int | None = None    # on the run folder's file system, after the programs ran
     kmsg_start_seq: int | None = None
     kmsg_text: str | None = None          # None: never collected
     trace_text: str | None = None

@@ -70,6 +70,7 @@ def build_result(run: RunData, checks: list[CheckResult], artifacts: dict[str, s
         "checks": [c.as_dict() for c in checks],
         "phases": [p.as_dict() for p in run.phases.values()],
         "environment": env,
+        "disk_free_after_run_bytes": run.disk_free_bytes,
         "trace_table": trace_table(run),
         "copies": 2,
         "bytes_held": 3 * run.payload_len,

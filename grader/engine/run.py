@@ -4,9 +4,9 @@ The ``vm`` object (implemented by grader/vm/ over QEMU; a fake in the unit tests
 
     vm.acquire() -> None                 restore a clean VM
     vm.executor()                        context manager -> Executor (user "grader", unprivileged)
+    vm.release(dirty: bool) -> str|None  optional detail for the release phase
     vm.crash_excerpt() -> str | None     serial-log oops/panic text since acquire, or None
     vm.alive() -> bool
-    vm.release(dirty: bool) -> None
     vm.environment() -> dict             e.g. {"accel": "kvm"|"tcg", "arch": ..., ...}
 
 and may provide `vm.host_builder() -> (builder | None, reason)`: a sandbox on the grader host that
@@ -37,9 +37,14 @@ from .result import build_result, write_result
 
 HELPER = "/usr/local/libexec/copylab/copylab-helper"
 RUNS_DIR = "/home/grader/runs"
+# the account the student's programs run as in grading VMs (provisioning: copylab_grader_access);
+# it has no sudo rule, and only the run folder's programs are open to its group
+PROGRAM_USER = "copylab-run"
 SELFTEST_MARK = "/var/lib/copylab/selftest.ok"
 BUILD_PLACES = ("auto", "sandbox", "vm")
 RUNID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# exit status of the run phase's wait when the receiver's shell ended without writing receiver.rc
+NO_STATUS_FILE = 4
 
 
 class PhaseFailed(Exception):
@@ -100,7 +105,7 @@ class GradingRun:
                  port: int | None = None, runid: str | None = None,
                  rng: random.Random | None = None, helper: str = HELPER,
                  runs_dir: str = RUNS_DIR, poll_interval: float = 0.1, sudo: str = "sudo -n",
-                 build_place: str = "auto"):
+                 build_place: str = "auto", program_user: str | None = PROGRAM_USER):
         if build_place not in BUILD_PLACES:
             raise ValueError(f"build_place must be one of {BUILD_PLACES}: {build_place!r}")
         self.build_place = build_place
@@ -113,6 +118,8 @@ class GradingRun:
         self._profile_given = profile is not None
         self.helper = helper
         self.sudo = sudo
+        # None: the programs run as the executor's own user (`make check` in the student's VM)
+        self.program_user = program_user
         self.poll = poll_interval
         runid = runid or new_runid(rng)
         if not RUNID_RE.match(runid):
@@ -136,6 +143,32 @@ class GradingRun:
     def helper_cmd(self, *args: str) -> str:
         cmd = " ".join(shlex.quote(a) for a in (self.helper, *args))
         return f"{self.sudo} {cmd}" if self.sudo else cmd
+
+    def as_program_user(self, cmd: str) -> str:
+        """``cmd`` (a simple command) run as the program account, through sudo."""
+        if not self.program_user:
+            return cmd
+        return f"{self.sudo or 'sudo -n'} -u {shlex.quote(self.program_user)} -- {cmd}"
+
+    def programs(self) -> list[str]:
+        """The run folder's files the student's commands execute (``./receiver`` -> receiver)."""
+        names = {shlex.split(c)[0] for c in (self.lab.receiver_command, self.lab.sender_command)}
+        return sorted(n[2:] if n.startswith("./") else n for n in names)
+
+    def kill_programs(self, timeout: float = 10) -> None:
+        """SIGKILL every process of the program account (whatever the student's programs left)."""
+        if self.program_user:
+            # procps's kill takes neither `--` nor `-s SIG` before a negative pid
+            self.sh(self.as_program_user("kill -KILL -1") + " 2>/dev/null; true", timeout)
+
+    def disk_free(self) -> int | None:
+        """Free bytes on the run folder's file system, as an unprivileged account may use them."""
+        r = self.sh(f"df -P -B1 {shlex.quote(self.rdir)} | tail -n 1", 10)
+        fields = r.stdout.split()
+        try:
+            return int(fields[3])
+        except (IndexError, ValueError):
+            return None
 
     def _fmt(self, template: str) -> str:
         return template.format(message=self.run.message, port=self.run.port, runid=self.run.runid)
@@ -181,7 +214,9 @@ class GradingRun:
         self.vm.acquire()
 
     def p_verify(self, dl):
-        r = self.sh(f"uname -r; uname -m; test -f {SELFTEST_MARK} && echo selftest-ok",
+        account = (f"; id -u {shlex.quote(self.program_user)} >/dev/null 2>&1 && echo program-user-ok"
+                   if self.program_user else "")
+        r = self.sh(f"uname -r; uname -m; test -f {SELFTEST_MARK} && echo selftest-ok{account}",
                     dl.left())
         if r.timed_out:
             raise PhaseFailed("timeout", "verify commands timed out")
@@ -202,6 +237,9 @@ class GradingRun:
         if "selftest-ok" not in lines:
             raise PhaseFailed("failed", f"{SELFTEST_MARK} is missing: the VM's probe self-test "
                                         f"did not pass")
+        if self.program_user and "program-user-ok" not in lines:
+            raise PhaseFailed("failed", f"the VM has no account {self.program_user!r} for the student's "
+                                        f"programs: provision it with provision/site.yml")
         return f"kernel {release}, self-test ok"
 
     def p_upload(self, dl):
@@ -232,8 +270,12 @@ class GradingRun:
         self.run.environment["build_place"] = "sandbox" if builder else "vm"
         self.run.environment["build_place_reason"] = why
         if builder is not None:
-            return self._build_on_host(builder, dl) + f" in the {why}"
-        return self._build_in_vm(dl) + f" in the VM ({why})"
+            detail = self._build_on_host(builder, dl) + f" in the {why}"
+        else:
+            detail = self._build_in_vm(dl) + f" in the VM ({why})"
+        if self.program_user:
+            self._open_programs(dl)
+        return detail
 
     def _builder(self):
         """(host builder, why) or (None, why the build stays in the VM)."""
@@ -289,6 +331,18 @@ class GradingRun:
             raise PhaseFailed("failed", "missing " + ", ".join(self.run.build_outputs_missing))
         return "built " + ", ".join(self.lab.build_outputs)
 
+    def _open_programs(self, dl):
+        """Only the programs (and entering the run folder) for the program account's group:
+        sources, objects and the module stay the grader's."""
+        progs = " ".join(shlex.quote(p) for p in self.programs())
+        group = shlex.quote(self.program_user)
+        r = self.sh(f"cd {shlex.quote(self.rdir)} && chmod -R go-rwx . && chgrp {group} . {progs} "
+                    f"&& chmod g+x . && chmod g+rx {progs}", dl.left())
+        if not r.ok:
+            raise PhaseFailed("timeout" if r.timed_out else "failed",
+                              f"cannot hand the programs to {self.program_user}: "
+                              f"{(r.stderr or r.stdout).strip()}")
+
     def p_trace_start(self, dl):
         r = self.sh(self.helper_cmd("kmsg-seq"), dl.left())
         try:
@@ -319,9 +373,8 @@ class GradingRun:
     def p_run(self, dl):
         run, d = self.run, shlex.quote(self.rdir)
         tmo = max(1, int(self.lab.timeout("run")))
-        recv = self._fmt(self.lab.receiver_command)
-        inner = (f"timeout -k 2 {tmo} {recv} </dev/null >receiver.out 2>&1; "
-                 f"echo $? >receiver.rc")
+        recv = self.as_program_user(f"timeout -k 2 {tmo} {self._fmt(self.lab.receiver_command)}")
+        inner = f"{recv} </dev/null >receiver.out 2>&1; echo $? >receiver.rc"
         # $! is setsid's pid, which becomes the receiver's session and process group id
         r = self.sh(f"cd {d} && rm -f receiver.out receiver.rc || exit 1; "
                     f"setsid sh -c {shlex.quote(inner)} </dev/null >/dev/null 2>&1 & "
@@ -340,7 +393,7 @@ class GradingRun:
             detail.append("receiver never printed its listening line"
                           + (" (it exited)" if r.exit_code == 3 else ""))
             status = "failed" if not r.timed_out else "timeout"
-        send = self._fmt(self.lab.sender_command)
+        send = self.as_program_user(self._fmt(self.lab.sender_command))
         r = self.sh(f"cd {d} && {send} </dev/null 2>&1", dl.left())
         run.sender_out, run.sender_exit = r.stdout + r.stderr, r.exit_code
         if r.timed_out:
@@ -350,28 +403,39 @@ class GradingRun:
         elif r.exit_code != 0:
             detail.append(f"the sender exited {r.exit_code}")
             status = "failed" if status == "ok" else status
-        # wait for the receiver to finish
+        # wait for the receiver's shell to write the exit status file, or to end without it
         try:
             left = dl.left()
-            r = self.sh(f"cd {d}; while ! test -e receiver.rc; do sleep {self.poll}; done; "
-                        f"cat receiver.rc", left)
-            finished = r.ok
+            r = self.sh(f"cd {d}; pid=$(cat receiver.pid); while ! test -e receiver.rc && "
+                        f"kill -0 \"$pid\" 2>/dev/null; do sleep {self.poll}; done; "
+                        f"test -e receiver.rc || exit {NO_STATUS_FILE}; cat receiver.rc", left)
+            finished = r.ok or r.exit_code == NO_STATUS_FILE
         except PhaseFailed:
             finished, r = False, None
+        status_problem = None
         if finished:
+            text = r.stdout.strip() if r.ok else ""
             try:
-                run.receiver_exit = int(r.stdout.strip().splitlines()[-1])
+                run.receiver_exit = int(text.splitlines()[-1])
             except (ValueError, IndexError):
                 run.receiver_exit = None
+                status_problem = ("receiver.rc, the receiver's exit status, is missing" if not r.ok
+                                  else f"receiver.rc, the receiver's exit status, is {'empty' if not text else repr(text[:40])}")
             if run.receiver_exit == 124:
                 run.receiver_timed_out = True
         else:
             run.receiver_timed_out = True
             self.sh(f"kill -KILL -- -$(cat {d}/receiver.pid) 2>/dev/null; true", 10)
+        self.kill_programs()
+        run.disk_free_bytes = self.disk_free()
         if run.receiver_timed_out:
             status = "timeout"
             detail.append("the receiver did not finish in time")
-        elif run.receiver_exit not in (0, None):
+        elif status_problem:
+            free = "unknown" if run.disk_free_bytes is None else f"{run.disk_free_bytes} bytes"
+            detail.append(f"{status_problem}: the VM could not record it (free disk after the run: {free})")
+            status = "failed" if status == "ok" else status
+        elif run.receiver_exit != 0:
             detail.append(f"the receiver exited {run.receiver_exit}")
             status = "failed" if status == "ok" else status
         r = self.sh(f"cat {d}/receiver.out", 10, max_output=200_000)

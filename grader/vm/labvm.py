@@ -2,16 +2,19 @@
 
 QemuLabVM: a VM of the kit's golden image run by the QEMU runner, with no network but SSH on
 127.0.0.1; acquire() always starts from the clean snapshot, so a crashed or dirty VM is never reused.
-StaticHostVM: an inventory host reached over SSH; it cannot be reset, so after a dirty run it refuses
-further jobs until an operator has reset it.
+StaticHostVM: an inventory host reached over SSH; it cannot be restored, so after every run it is
+cleaned and checked (clean_host), and after a dirty run or a failed check it refuses further jobs
+until an operator has reset it.
 """
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from grader.engine.run import HELPER, PROGRAM_USER, RUNS_DIR
 from grader.errors import VMError
 from grader.vm.qemu import ImageSpec, QemuVM, VMCrashed, scratch_dir
 
@@ -222,8 +225,59 @@ class QemuLabVM:
         self.close()
 
 
+# file systems the program account may have written to (mounted local ones; /proc and /sys are not)
+WRITABLE_FSTYPES = "ext2,ext3,ext4,xfs,btrfs,tmpfs,mqueue"
+
+
+def clean_host(ex, program_user: str = PROGRAM_USER, runs_dir: str = RUNS_DIR, helper: str = HELPER,
+               sudo: str = "sudo -n") -> list[str]:
+    """Undo what a grading run can leave on a host that is not restored from a snapshot, then check
+    it: every process and file of the program account, its IPC objects, every run folder, lab
+    modules and the grader's tracefs instances. Returns what is still there (empty: clean)."""
+    u = shlex.quote(program_user)
+    as_user = f"{sudo} -u {u} --"
+    runs = shlex.quote(runs_dir)
+    own_files = (f"for m in $(findmnt -rn -o TARGET -t {WRITABLE_FSTYPES}); do "
+                 f"find \"$m\" -xdev -mindepth 1 -user {u} {{action}} 2>/dev/null; done")
+    steps = [
+        (f"for i in 1 2 3 4 5 6 7 8 9 10; do {as_user} kill -KILL -1 2>/dev/null; "
+         f"pgrep -u {u} >/dev/null || exit 0; sleep 0.5; done", "kill the program account's processes"),
+        (f"{as_user} sh -c " + shlex.quote(
+            own_files.format(action="-type d -exec chmod u+rwx {} \\;") + "; "
+            + own_files.format(action="-depth -delete") + "; ipcrm --all 2>/dev/null; true"),
+         "remove the program account's files and IPC objects"),
+        (f"find {runs} -mindepth 1 -delete", "remove the run folders"),
+    ]
+    problems = []
+    for cmd, what in steps:
+        r = ex.run(cmd, timeout=120)
+        if r.timed_out:
+            problems.append(f"{what}: timed out")
+    checks = [
+        (f"pgrep -u {u} -a", "processes of {user} still running: {out}"),
+        (f"{as_user} sh -c " + shlex.quote(own_files.format(action="-print")) + " | head -n 5",
+         "files of {user} still there: {out}"),
+        (f"{as_user} ipcs -m -q -s | awk '$3 == \"{program_user}\"' | head -n 5",
+         "IPC objects of {user} still there: {out}"),
+        (f"find {runs} -mindepth 1 -maxdepth 1 | head -n 5", "run folders still there: {out}"),
+    ]
+    for cmd, msg in checks:
+        r = ex.run(cmd, timeout=120)
+        out = r.stdout.strip()
+        if r.timed_out:
+            problems.append(msg.format(user=program_user, out="(the check timed out)"))
+        elif out:
+            problems.append(msg.format(user=program_user, out=", ".join(out.splitlines())))
+    r = ex.run(f"{sudo} {shlex.quote(helper)} reset", timeout=120)
+    if not r.ok:
+        problems.append("module state: " + ("(reset timed out)" if r.timed_out else
+                                            "; ".join((r.stdout + r.stderr).strip().splitlines())))
+    return problems
+
+
 class StaticHostVM:
-    """An inventory host (provisioned by provision/site.yml). No snapshot: a dirty run retires it."""
+    """An inventory host (provisioned by provision/site.yml). No snapshot: every run is cleaned up
+    and checked; a dirty run or a failed check retires it."""
 
     def __init__(self, host: str, port: int, key: Path, known_hosts: Path, user: str = "grader"):
         self.host, self.port, self.key, self.known_hosts, self.user = host, port, key, known_hosts, user
@@ -232,6 +286,18 @@ class StaticHostVM:
     def acquire(self) -> None:
         if self.retired:
             raise VMError(f"host {self.host}:{self.port} needs an operator reset: {self.retired}")
+        # also before the first job of this process: a worker killed mid-run never released the host
+        problems = self._clean()
+        if problems:
+            self.retired = "; ".join(problems)
+            raise VMError(f"host {self.host}:{self.port} retired, not proven clean before the run: {self.retired}")
+
+    def _clean(self) -> list[str]:
+        try:
+            with self.executor() as ex:
+                return clean_host(ex)
+        except Exception as e:  # noqa: BLE001 - a host that cannot be checked is not proven clean
+            return [f"cannot clean it up: {type(e).__name__}: {e}"]
 
     @contextmanager
     def executor(self):
@@ -247,9 +313,15 @@ class StaticHostVM:
     def alive(self) -> bool:
         return self.retired is None
 
-    def release(self, dirty: bool) -> None:
+    def release(self, dirty: bool) -> str:
+        problems = self._clean()
         if dirty:
-            self.retired = "the last grading run left it dirty (module not unloaded, crash or timeout)"
+            problems.insert(0, "the last grading run left it dirty (module not unloaded, crash or timeout)")
+        if problems:
+            self.retired = "; ".join(problems)
+            raise VMError(f"host {self.host}:{self.port} retired, not proven clean: {self.retired}")
+        return "cleaned up and checked: no process or file of the program account, no run folder, " \
+               "no lab module or trace instance left"
 
     def environment(self) -> dict:
         return {"accel": None, "arch": None, "image": f"{self.host}:{self.port}"}

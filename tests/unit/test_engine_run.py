@@ -97,8 +97,11 @@ def env(tmp_path):
     vm.loaded_marker = fake / "loaded"
 
     def do(vm=vm, **kw):
+        # the programs run as this test's own user (no program account on the test host)
+        kw.setdefault("program_user", None)
+        kw.setdefault("sudo", "")
         return grade(lab, vm, sub, tmp_path / "out", message=MSG, port=PORT, runid="run1",
-                     helper=str(helper), sudo="", runs_dir=str(tmp_path / "runs"),
+                     helper=str(helper), runs_dir=str(tmp_path / "runs"),
                      poll_interval=0.05, **kw)
     return type("Env", (), dict(do=staticmethod(do), vm=vm, fake=fake, sub=sub, tmp=tmp_path,
                                 lab=lab))
@@ -134,6 +137,7 @@ def test_full_run_scores_100(env):
     assert set(res["submission"]["files"]) == {"sender.c", "receiver.c", "copytrace.c"}
     assert res["environment"]["accel"] == "tcg" and len(res["environment"]["module_sha256"]) == 64
     assert res["copies"] == 2 and res["bytes_held"] == 48
+    assert res["disk_free_after_run_bytes"] > 0
     assert [r["step"] for r in res["trace_table"]] == list(range(1, 8))
     assert "0x559c785ba060" in res["trace_table"][0]["location"]
     assert "0xff49648bc2a4da2c" in res["trace_table"][2]["location"]
@@ -169,6 +173,54 @@ def test_receiver_timeout_keeps_partial_output(env):
     assert any(e["mark"] == "missing" and "timed out" in e["text"] for e in pr["evidence"])
     assert checks["copy1_kernel_side"]["passed"]
     assert env.vm.events[-1] == ("release", True)
+
+
+RECEIVER_THEN_RC = (f'echo "receiver: listening on 127.0.0.1:$1"; echo "receiver: buffer at 0x{RBUF:x}"\n'
+                    'while [ ! -e sent.msg ]; do sleep 0.05; done\n'
+                    'echo "receiver: received 16 bytes \\"$(cat sent.msg)\\""\n')
+
+
+@pytest.mark.parametrize("target, says", [
+    ("/dev/null", "is empty"),                       # the status is written nowhere: empty
+    ("/nonexistent-copylab/receiver.rc", "is missing"),  # it cannot be created at all
+])
+def test_unrecorded_receiver_exit_status_fails_the_run_phase(env, target, says):
+    # receiver.rc as a link stands for a full disk: the shell's `echo $? >receiver.rc` records nothing
+    (env.sub / "receiver.c").write_text(RECEIVER_THEN_RC + f"ln -s {target} receiver.rc\n")
+    res = env.do().result
+    run = {p["name"]: p for p in res["phases"]}["run"]
+    assert run["status"] == "failed", run
+    assert f"receiver.rc, the receiver's exit status, {says}" in run["detail"]
+    assert "free disk after the run: " in run["detail"]
+    assert res["disk_free_after_run_bytes"] > 0
+    pr = {c["name"]: c for c in res["checks"]}["programs_report"]
+    assert not pr["passed"]
+    assert any("exit status is unknown" in e["text"] for e in pr["evidence"])
+    assert res["score"] < res["max_score"]
+
+
+def test_programs_run_as_the_program_account_through_sudo(env):
+    # a stand-in sudo: logs its arguments and runs the command as this user; `kill -1` is only logged
+    log = env.fake / "sudo.log"
+    script(env.fake / "sudo", f"""\
+        echo "$@" >> {log}
+        if [ "$1" = -u ]; then
+          shift 3
+          [ "$1" = kill ] && exit 0
+        fi
+        exec "$@"
+    """)
+    res = env.do(program_user="root", sudo=str(env.fake / "sudo")).result
+    assert res["score"] == 100, render_text(res)
+    calls = log.read_text().splitlines()
+    assert any(c.startswith("-u root -- timeout -k 2 3 ./receiver ") for c in calls), calls
+    assert any(c.startswith(f"-u root -- ./sender {MSG} ") for c in calls), calls
+    assert "-u root -- kill -KILL -1" in calls
+    rdir = env.tmp / "runs" / "run1"
+    mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in rdir.iterdir()}
+    assert stat.S_IMODE(rdir.stat().st_mode) == 0o710
+    assert mode["sender"] == mode["receiver"] == 0o750
+    assert mode["sender.c"] & 0o077 == 0 and mode["copytrace.ko"] & 0o077 == 0
 
 
 def test_crash_gives_verdict_and_dirty_release(env):

@@ -84,3 +84,39 @@ def test_report_one_figure_per_line(tmp_path):
 
 def test_an_empty_ratio_is_never_met():
     assert ratio("kernel", "x", 0, 0).met is False
+
+
+def _isolation_observed(**changes):
+    from faults.isolation import fx
+
+    refused = {name: "1" for name in fx.ESCALATIONS}
+    obs = {"escalate": {"sender": dict(refused, user="copylab-run"), "receiver": dict(refused, user="copylab-run")},
+           "read_earlier": {"earlier-files": "0", "earlier-processes": "0"}, "left_started": "1",
+           "leftovers_after_each_job": [],
+           "fill_disk": {"passed": False, "run_status": "failed", "free": 1000,
+                         "run_detail": "receiver.rc, the receiver's exit status, is empty"}}
+    obs.update(changes)
+    return obs
+
+
+def test_isolation_figures_on_target_when_nothing_gets_through():
+    from faults.isolation import figures
+
+    figs = figures(_isolation_observed())
+    assert [f["value"] for f in figs] == ["0", "0", "0", "0"]
+    assert all(f["met"] for f in figs)
+    assert "ran as copylab-run" in figs[0]["note"]
+
+
+def test_isolation_figures_count_what_got_through():
+    from faults.isolation import figures, fx
+
+    sender = {name: "1" for name in fx.ESCALATIONS}
+    sender.update(sudo_root="0", user="grader")
+    figs = figures(_isolation_observed(
+        escalate={"sender": sender, "receiver": {"user": "grader"}},   # the receiver reported nothing
+        read_earlier={"earlier-files": "3", "earlier-processes": "1"},
+        leftovers_after_each_job=["process 812 /var/tmp/copylab-left-sleeper 100000", "run-folder /home/grader/runs/x"],
+        fill_disk={"passed": True, "run_status": "ok", "run_detail": "", "free": 0}))
+    assert [f["value"] for f in figs] == ["2", "4", "2", "1"]
+    assert not any(f["met"] for f in figs)
