@@ -64,11 +64,11 @@ def env(tmp_path):
     script(helper, f"""\
         echo "$@" >> {fake}/helper.log
         case "$1" in
-          kmsg-seq) echo 1000 ;;
-          taint) if [ -e {fake}/loaded ]; then echo 12288; else echo 0; fi ;;
-          trace-start) ;;
-          trace-stop) cat {fake}/trace.txt ;;
-          kmsg-since) cat {fake}/kmsg.txt ;;
+          begin) echo "kmsg-seq 1000"; echo "taint 0" ;;
+          end) t=0; [ -e {fake}/loaded ] && t=12288
+               printf 'taint ok %s\\n%s' "${{#t}}" "$t"
+               if [ "$2" != - ]; then printf 'trace ok %s\\n' "$(wc -m < {fake}/trace.txt)"; cat {fake}/trace.txt; fi
+               if [ "$3" != - ]; then printf 'kmsg ok %s\\n' "$(wc -m < {fake}/kmsg.txt)"; cat {fake}/kmsg.txt; fi ;;
           load) test -f "$2" || exit 1; touch {fake}/loaded ;;
           unload) rm -f {fake}/loaded ;;
         esac
@@ -150,7 +150,7 @@ def test_full_run_scores_100(env):
     assert (out.outdir / "receiver.out").read_text().startswith("receiver: listening")
     helper_log = (env.fake / "helper.log").read_text()
     assert f"load {env.tmp}/runs/run1/copytrace.ko payload={MSG}" in helper_log
-    assert "trace-start run1" in helper_log and "kmsg-since 1000" in helper_log
+    assert "begin run1" in helper_log and "end run1 1000" in helper_log
     assert "unload copytrace" in helper_log
     gs = to_gradescope(res)
     assert gs["score"] == 100 and len(gs["tests"]) == 10
@@ -360,3 +360,39 @@ def test_a_required_sandbox_that_is_missing_fails_the_build(env):
     build = {p["name"]: p for p in res["phases"]}["build"]
     assert build["status"] == "failed" and "no build root" in build["detail"]
     assert res["score"] == 0
+
+
+def test_helper_sections_are_delimited_by_length_not_by_lines():
+    """A trace line or kernel-log record may hold text that looks like a section header (a task can name
+    itself so): only the lengths delimit sections; output cut short marks the section incomplete."""
+    from grader.engine.run import helper_sections
+
+    trace = "sender-1 [000] copylab_tx: x\nkmsg ok 3\nabc"
+    out = f"taint ok 1\n0trace ok {len(trace)}\n{trace}kmsg ok 20\n6,5,1,-;hello"
+    s = helper_sections(out)
+    assert s["taint"].text == "0" and s["trace"].text == trace and s["trace"].complete
+    assert s["kmsg"].text == "6,5,1,-;hello" and s["kmsg"].complete is False and s["kmsg"].status == "ok"
+    assert helper_sections("trace error 19\nno trace instance x")["trace"].status == "error"
+    assert helper_sections("garbage\n") == {}
+
+
+def test_real_helper_end_without_a_trace_reads_taint_and_kernel_log():
+    """The VM-side helper's own `end` on this host (root reads /dev/kmsg): sections the engine parses."""
+    import subprocess
+    import sys
+
+    from grader.engine.run import helper_sections
+
+    helper = Path(__file__).resolve().parents[2] / "grader" / "vmside" / "copylab-helper"
+    r = subprocess.run([sys.executable, str(helper), "end", "-", "-1"], capture_output=True, text=True,
+                       timeout=60)
+    s = helper_sections(r.stdout)
+    assert set(s) == {"taint", "kmsg"}, (r.stdout[:300], r.stderr)
+    assert s["taint"].text == Path("/proc/sys/kernel/tainted").read_text().strip()
+    if s["kmsg"].status == "ok":      # root: the whole log, every record complete
+        assert s["kmsg"].complete and r.returncode == 0
+    else:                             # not root: the reason, and the exit status says so
+        assert s["kmsg"].text and r.returncode == 3
+    bad = subprocess.run([sys.executable, str(helper), "end", "../x", "-"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "unknown command or wrong arguments" in bad.stderr
