@@ -328,7 +328,8 @@ def through_nginx(folder: Path, attack_seconds: float, baseline_seconds: float, 
     r["exceptions"] = tracebacks(log)
     r["one_address"]["reached_app"] = posts_reaching_app(log, [SINGLE_ADDR])
     r["many_addresses"]["reached_app"] = posts_reaching_app(log, MULTI_ADDRS)
-    r["login_limit"] = re.search(r"rate=\S+", site).group(0) + ", " + re.search(r"burst=\d+", site).group(0)
+    rate, burst = re.search(r"rate=(\d+)r/m", site).group(1), re.search(r"burst=(\d+)", site).group(1)
+    r["login_limit"] = f"{rate} login attempts a minute after a burst of {burst} per address"
     return r
 
 
@@ -371,7 +372,7 @@ def attack_figures(r: dict, where: str, targets: bool) -> list[Figure]:
         return f"; {a['reached_app']} reached the web process" if "reached_app" in a else ""
 
     def slowed(a: dict, attackers: str) -> Figure:
-        name = f"/login for another user while {attackers} attack, {where}"
+        name = f"/login for another user while {attackers}, {where}"
         if not targets:
             return Figure(PART, name, _lat(a["legit"]), "", None,
                           f"for comparison without a proxy: unattacked baseline {_lat(base)}; the documented "
@@ -393,8 +394,8 @@ def attack_figures(r: dict, where: str, targets: bool) -> list[Figure]:
                many["accepted_per_minute"] <= TARGET_MANY_ADDRESSES,
                f"{many['accepted']} of {many['guesses']} guesses in {many['seconds']} s{passed(many)}; "
                f"answers {many['statuses']}"),
-        slowed(one, "one address"),
-        slowed(many, f"{len(MULTI_ADDRS)} addresses"),
+        slowed(one, "one address attacks"),
+        slowed(many, f"{len(MULTI_ADDRS)} addresses attack"),
         Figure(PART, f"the other user's logins refused while attacked (503 busy or 429), {where}",
                f"{legit_refused}/{legit_all}", f"<= {TARGET_LEGIT_REFUSED:.0%}",
                legit_all > 0 and legit_refused <= TARGET_LEGIT_REFUSED * legit_all,
@@ -411,7 +412,7 @@ def attack_figures(r: dict, where: str, targets: bool) -> list[Figure]:
 
 
 def report(direct, proxied, times, form, everywhere, listed, http_common, elapsed) -> dict:
-    figures = attack_figures(proxied, f"through nginx ({proxied['login_limit']} per address)", targets=True)
+    figures = attack_figures(proxied, f"through nginx ({proxied['login_limit']})", targets=True)
     figures += attack_figures(direct, "straight to `serve`", targets=False)
     figures += [
         Figure(PART, "unknown minus known user name: median difference of wrong-password login times",
