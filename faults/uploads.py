@@ -191,15 +191,19 @@ class Server:
     def exceptions(self, limit: int = 5) -> list[str]:
         """The last line of each traceback the web process logged (its 500s), the first `limit`."""
         try:
-            text = self.log.read_text(errors="replace")
+            return tracebacks(self.log.read_text(errors="replace"), limit)
         except OSError:
             return []
-        out = []
-        for block in text.split("Traceback (most recent call last):")[1:]:
-            lines = [ln for ln in block.splitlines() if ln and not ln.startswith((" ", "\t"))]
-            if lines:
-                out.append(lines[0][:300])
-        return out[:limit]
+
+
+def tracebacks(log: str, limit: int = 5) -> list[str]:
+    """The last line of each traceback in a web process's output, the first `limit`."""
+    out = []
+    for block in log.split("Traceback (most recent call last):")[1:]:
+        lines = [ln for ln in block.splitlines() if ln and not ln.startswith((" ", "\t"))]
+        if lines:
+            out.append(lines[0][:300])
+    return out[:limit]
 
 
 @dataclasses.dataclass

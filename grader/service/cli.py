@@ -303,9 +303,15 @@ def register(app) -> None:
                   help="seconds a client has for its whole request header")
     @click.option("--body-timeout", type=int, default=20, show_default=True,
                   help="seconds a client may pause while sending a body")
+    @click.option("--login-rate", type=int, default=20, show_default=True,
+                  help="login attempts (POST /login, the password form) per minute per client address that nginx "
+                       "passes on; more answer 429")
+    @click.option("--login-burst", type=int, default=40, show_default=True,
+                  help="login attempts per address nginx passes on at once beyond that rate (a lab room behind NAT)")
     @click.option("-o", "--output", type=click.Path(dir_okay=False), help="default: stdout")
     def nginx_site(output, **params):
-        """The nginx site file (TLS, timeouts, body limit, forwarding headers) in front of this instance's `serve`."""
+        """The nginx site file (TLS, timeouts, body limit, login rate limit, forwarding headers) in front of this
+        instance's `serve`."""
         from .deploy import DeployError, render_site
 
         try:

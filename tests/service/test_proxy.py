@@ -135,6 +135,37 @@ def test_body_larger_than_max_content_length_refused_by_nginx(deployed):
     assert r.status == 413 and "larger than 2097152 bytes" in r.text()
 
 
+def test_nginx_limits_login_attempts_per_address(deployed):
+    """`nginx-site --login-rate 1 --login-burst 3`: an address's first 4 login attempts reach the app (401), the
+    5th is refused by nginx (429, its own message and Retry-After) and never reaches the web process; the
+    login page itself and other addresses are not limited, and the password form counts like a login."""
+    from faults.login import posts_reaching_app
+
+    https_port = free_port()
+    site = deployed["svc"].flask(
+        "nginx-site", "--server-name", "localhost", "--cert", str(deployed["cert"]), "--key", str(deployed["key"]),
+        "--https-port", str(https_port), "--listen-address", "127.0.0.1", "--plain-http", "refuse",
+        "--login-rate", "1", "--login-burst", "3")
+    with LocalNginx(deployed["tmp"] / "nginx-login-limit", site, [https_port]):
+        guesser = Client(https_port, timeout=20, tls=deployed["tls"], source="127.0.0.7")
+        answers = [post_form(guesser, "/login", [("username", "mallory"), ("password", f"guess-{i}")])
+                   for i in range(5)]
+        assert [a.status for a in answers] == [401, 401, 401, 401, 429], [a.status for a in answers]
+        refused = answers[-1]
+        assert refused.headers["retry-after"] == "60" and refused.headers["content-type"].startswith("text/plain")
+        assert "Too many login attempts from your network address; try again in 60 seconds." in refused.text()
+        assert guesser.get("/login").status == 200
+        assert posts_reaching_app(deployed["svc"].logs("web"), ["127.0.0.7"]) == 4
+        other = Client(https_port, timeout=20, tls=deployed["tls"], source="127.0.0.8")
+        assert post_form(other, "/login", [("username", "mallory"), ("password", "guess")]).status == 401
+        changer = Client(https_port, timeout=20, tls=deployed["tls"], source="127.0.0.9")
+        form = [("csrf_token", "x"), ("old", "a"), ("new", "b")]
+        body, ctype = urlencoded(form)
+        statuses = [changer.request("POST", "/account/password", body, {"Content-Type": ctype}).status
+                    for _ in range(5)]
+        assert 429 not in statuses[:4] and statuses[4] == 429, statuses
+
+
 def connections_to(sock) -> int:
     """Connected streams on the Unix socket ``sock`` (waitress's side of each nginx connection)."""
     rows = Path("/proc/net/unix").read_text().splitlines()[1:]

@@ -163,3 +163,34 @@ def test_nginx_site_command_writes_the_file_and_warns_without_a_trusted_hop(tmp_
     assert r.exit_code == 0 and "warning" not in r.output
     r = app_with(tmp_path, monkeypatch).test_cli_runner().invoke(args=[*args, "--header-timeout", "0"])
     assert r.exit_code != 0 and "the header timeout must be at least 1 second" in r.output
+
+
+def test_site_file_limits_login_attempts_per_address(tmp_path, monkeypatch):
+    """POST /login and the password form are counted per client address (every other request has an empty key,
+    which nginx does not count); past the burst nginx answers 429 with a Retry-After of one attempt's share
+    of a minute. tests/service/test_proxy.py sees nginx refuse them for real."""
+    from grader.service.deploy import DeployError, render_site
+
+    app = app_with(tmp_path, monkeypatch)
+    site = render_site(app.config, server_name="grader.example.edu", cert="c", key="k")
+    lines = [ln.strip() for ln in site.splitlines()]
+    assert 'map "$request_method:$uri" $copylab_grader_example_edu_login_client {' in lines
+    assert '"POST:/login" $binary_remote_addr;' in lines and '"POST:/account/password" $binary_remote_addr;' in lines
+    assert 'default "";' in lines
+    assert ("limit_req_zone $copylab_grader_example_edu_login_client zone=copylab_grader_example_edu_login:1m "
+            "rate=20r/m;") in lines
+    assert "limit_req zone=copylab_grader_example_edu_login burst=40 nodelay;" in lines
+    assert "limit_req_status 429;" in lines and "error_page 429 @login_limited;" in lines
+    assert "add_header Retry-After 3 always;" in lines
+    tuned = render_site(app.config, server_name="g", cert="c", key="k", login_rate=7, login_burst=0)
+    assert "zone=copylab_g_login:1m rate=7r/m;" in tuned and "limit_req zone=copylab_g_login burst=0 nodelay;" in tuned
+    assert "add_header Retry-After 9 always;" in tuned and "try again in 9 seconds" in tuned
+    with pytest.raises(DeployError, match="login rate must be at least 1"):
+        render_site(app.config, server_name="g", cert="c", key="k", login_rate=0)
+    with pytest.raises(DeployError, match="login burst must be 0 or more"):
+        render_site(app.config, server_name="g", cert="c", key="k", login_burst=-1)
+    (tmp_path / "c.pem").write_text("")
+    r = app.test_cli_runner().invoke(args=["nginx-site", "--server-name", "g", "--cert", str(tmp_path / "c.pem"),
+                                           "--key", str(tmp_path / "c.pem"), "--login-rate", "30", "--login-burst",
+                                           "60"])
+    assert r.exit_code == 0 and "rate=30r/m;" in r.output and "burst=60 nodelay;" in r.output, r.output

@@ -5,6 +5,7 @@ come from the instance's configuration, so nginx and `serve` cannot disagree abo
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def _nginx_word(what: str, value: str) -> str:
 def render_site(config, *, server_name: str, cert: str, key: str, https_port: int = 443, http_port: int = 80,
                 plain_http: str = "redirect", listen_address: str = "*", header_timeout: int = 10,
                 body_timeout: int = 20, send_timeout: int = 30, keepalive_timeout: int = 15,
-                app_timeout: int = 60) -> str:
+                app_timeout: int = 60, login_rate: int = 20, login_burst: int = 40) -> str:
     """The nginx site file for the instance whose configuration is ``config``."""
     if plain_http not in PLAIN_HTTP:
         raise DeployError(f"plain HTTP must be one of {', '.join(PLAIN_HTTP)}, not {plain_http!r}")
@@ -48,6 +49,10 @@ def render_site(config, *, server_name: str, cert: str, key: str, https_port: in
                     ("the app timeout", app_timeout)):
         if n <= 0:
             raise DeployError(f"{what} must be at least 1 second, not {n}")
+    if login_rate < 1:
+        raise DeployError(f"the login rate must be at least 1 attempt a minute, not {login_rate}")
+    if login_burst < 0:
+        raise DeployError(f"the login burst must be 0 or more attempts, not {login_burst}")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)
     return env.get_template("nginx-site.conf.j2").render(
@@ -59,4 +64,10 @@ def render_site(config, *, server_name: str, cert: str, key: str, https_port: in
         http_port=http_port, https_port_suffix="" if https_port == 443 else f":{https_port}",
         plain_http=plain_http, header_timeout=header_timeout, body_timeout=body_timeout,
         send_timeout=send_timeout, keepalive_timeout=keepalive_timeout, app_timeout=app_timeout,
-        max_body=int(config["MAX_CONTENT_LENGTH"]))
+        max_body=int(config["MAX_CONTENT_LENGTH"]), login_rate=login_rate, login_burst=login_burst,
+        login_retry_after=login_retry_after(login_rate))
+
+
+def login_retry_after(rate_per_minute: int) -> int:
+    """Seconds until an address refused by nginx's login limit may try again (one attempt's share of a minute)."""
+    return math.ceil(60 / rate_per_minute)
