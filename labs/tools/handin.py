@@ -336,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
 
     data = build_archive(contents, int(dt.datetime.now(dt.timezone.utc).timestamp()))
-    out_dir = args.out_dir or lab_dir
+    # an absolute path: the student copies it from this output to wherever the course collects it
+    out_dir = (args.out_dir or lab_dir).resolve()
     try:
         archive = write_archive(out_dir, lab, data)
     except OSError as exc:
@@ -351,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         missing = " and ".join(
             n for n, v in (("COPYLAB_GRADER_URL", url), ("COPYLAB_TOKEN", token)) if not v
         )
-        print(f"handin: not uploaded ({missing} not set); hand in {archive} as your course says")
+        print(
+            f"handin: not uploaded ({missing} not set): nothing was submitted; "
+            f"hand in {archive} as your course says"
+        )
         return 0
 
     try:

@@ -330,7 +330,9 @@ def test_handin_archives_exactly_the_submission_files(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     [archive] = archives(folder)
     assert re.fullmatch(r"handin-lab1-\d{8}T\d{6}Z\.tar\.gz", archive.name)
-    assert str(archive.name) in r.stdout and "not uploaded" in r.stdout
+    # the full path, so the student can find the archive from anywhere; and no claim to have submitted
+    assert f"wrote {archive.resolve()} (" in r.stdout
+    assert "not uploaded" in r.stdout and "nothing was submitted" in r.stdout
     with tarfile.open(archive) as tar:
         members = tar.getmembers()
         assert sorted(m.name for m in members) == sorted(FILES)

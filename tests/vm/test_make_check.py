@@ -2,6 +2,7 @@
 same sudo helper, on the student's own lab folder (the skeleton provisioning put there)."""
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -13,6 +14,14 @@ def _as_student(admin_ssh, command: str, timeout: float = 600, check: bool = Tru
     return admin_ssh(f"sudo -iu student bash -lc {shlex.quote(command)}", timeout=timeout, check=check)
 
 
+def _write_solution(admin_ssh, names) -> None:
+    """The student's lab folder gets the solution's version of these files."""
+    for name in names:
+        text = (ROOT / "labs/lab1/solution" / name).read_text()
+        admin_ssh(f"sudo -u student tee /home/student/labs/lab1/{name} >/dev/null <<'COPYLAB_EOF'\n"
+                  f"{text}\nCOPYLAB_EOF")
+
+
 def test_make_check_in_the_vm_passes_with_the_solution(lab_vm, admin_ssh, golden_manifest):
     lab_vm.acquire()
     try:
@@ -20,10 +29,7 @@ def test_make_check_in_the_vm_passes_with_the_solution(lab_vm, admin_ssh, golden
         out = _as_student(admin_ssh, "cd ~/labs/lab1 && ls && sha256sum -c SHA256SUMS").stdout
         assert "copytrace.c: OK" in out and "solution" not in out
         # the student "writes" the solution: copy the three files over the skeleton
-        for name in ("sender.c", "receiver.c", "copytrace.c"):
-            text = (ROOT / "labs/lab1/solution" / name).read_text()
-            admin_ssh(f"sudo -u student tee /home/student/labs/lab1/{name} >/dev/null <<'COPYLAB_EOF'\n"
-                      f"{text}\nCOPYLAB_EOF")
+        _write_solution(admin_ssh, ("sender.c", "receiver.c", "copytrace.c"))
         r = _as_student(admin_ssh, "cd ~/labs/lab1 && make >/dev/null && make check", check=False)
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
         assert "100/100 points" in r.stdout
@@ -40,5 +46,34 @@ def test_make_check_with_the_skeleton_fails_and_explains(lab_vm, admin_ssh):
         r = _as_student(admin_ssh, "cd ~/labs/lab1 && make >/dev/null 2>&1; make check", check=False)
         assert r.returncode != 0
         assert "[FAIL] programs_report" in r.stdout and "hint:" in r.stdout
+    finally:
+        lab_vm.release(dirty=True)
+
+
+def test_handout_milestone_half_and_tools_work_as_written(lab_vm, admin_ssh):
+    """Milestone 0.5 exactly as the handout gives it, as the student (whose sudo rules allow only
+    the full-path insmod): the unchanged skeleton builds, loads with its "probes registered"
+    line and prints its call counts at unload; the tools the handout's exercises use are there."""
+    lab_vm.acquire()
+    try:
+        # milestone 0 done (the programs work), copytrace.c still the skeleton
+        _write_solution(admin_ssh, ("sender.c", "receiver.c"))
+        r = _as_student(admin_ssh, "set -e; cd ~/labs/lab1; make >/dev/null 2>&1; sudo -n dmesg -C; "
+                        "sudo -n insmod /home/student/labs/lab1/copytrace.ko; sudo -n dmesg; "
+                        "./receiver 9999 & sleep 1; ./sender HELLO_SEND_TRACE 9999; wait; "
+                        "sudo -n rmmod copytrace; sudo -n dmesg", check=False)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+        assert "copytrace: probes on _copy_from_iter and _copy_to_iter registered" in r.stdout
+        counts = re.search(r"copytrace: probes removed: (\d+) calls to _copy_from_iter and "
+                           r"(\d+) calls to _copy_to_iter seen in all", r.stdout)
+        assert counts, r.stdout[-3000:]
+        # at least the one datagram each way passed through the probes
+        assert int(counts.group(1)) >= 1 and int(counts.group(2)) >= 1
+        # a relative path is not in the sudo rules: -n makes sudo fail instead of asking
+        r = _as_student(admin_ssh, "cd ~/labs/lab1 && sudo -n insmod copytrace.ko", check=False)
+        assert r.returncode != 0 and "password" in r.stderr
+        r = _as_student(admin_ssh, "printf HELLO_SEND_TRACE | xxd && strace -V && man -w ascii && "
+                        "man -w 2 sendto && command -v addr2line setarch")
+        assert "48454c4c4f5f" in r.stdout.replace(" ", "")
     finally:
         lab_vm.release(dirty=True)

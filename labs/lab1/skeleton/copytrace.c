@@ -18,6 +18,7 @@
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/atomic.h>
 #include <linux/kernel.h>
 #include <linux/kprobes.h>
 #include <linux/module.h>
@@ -53,37 +54,36 @@ module_param(payload, charp, 0444);
 MODULE_PARM_DESC(payload, "the message the sender sends (for an optional payload filter)");
 
 /*
- * The user-space address an iov_iter currently points at: where copy #1
- * reads from, or where copy #4 writes to.
+ * Every call of the probed functions, before any filter: printed at unload,
+ * so the student sees how much traffic the filters have to throw away.
  */
-static unsigned long __maybe_unused iter_user_addr(const struct iov_iter *i)
-{
-	/*
-	 * TODO(1): return the user address the iterator points at.
-	 * On 6.1 a single-buffer sendto()/recv() builds an ITER_IOVEC
-	 * iterator: the address is i->iov->iov_base + i->iov_offset.
-	 * (Kernels from 6.4 on build ITER_UBUF: i->ubuf + i->iov_offset.)
-	 * Return 0 for iterators that do not point at user memory.
-	 */
-	return 0;
-}
+static atomic_long_t copy1_calls = ATOMIC_LONG_INIT(0);
+static atomic_long_t copy4_calls = ATOMIC_LONG_INIT(0);
+
+static unsigned long iter_user_addr(const struct iov_iter *i);
 
 /* copy #1: _copy_from_iter(void *to, size_t bytes, struct iov_iter *i) */
 static int copy1_pre(struct kprobe *p, struct pt_regs *regs)
 {
+	atomic_long_inc(&copy1_calls);
+
 	/*
-	 * TODO(2): read the three arguments of the probed function with
-	 * regs_get_kernel_argument(regs, n): to, bytes and i.
+	 * TODO(1): [milestone 1] read the three arguments of the probed
+	 * function with regs_get_kernel_argument(regs, n): to, bytes and i.
 	 */
 
 	/*
-	 * TODO(3): log only the lab's copy: return 0 unless the current
-	 * process is send_comm (current->comm) and bytes == msg_len.
+	 * TODO(2): [milestone 1] log only the lab's copy: return 0 unless
+	 * bytes == msg_len and the current process is send_comm
+	 * (current->comm). The length test is the cheaper one: do it first.
 	 */
 
 	/*
-	 * TODO(4): print the record with pr_info() and %px addresses:
+	 * TODO(3): [milestone 1] print the kernel side with pr_info() and %px:
+	 *   [COPY1] dest=<kernel VA> len=<n>
+	 * [milestone 2] once TODO(7) works, print the full record instead:
 	 *   [COPY1] src=<user VA> dest=<kernel VA> len=<n>
+	 * %px takes a pointer: cast the unsigned long, (void *)iter_user_addr(i).
 	 */
 	return 0;
 }
@@ -91,18 +91,43 @@ static int copy1_pre(struct kprobe *p, struct pt_regs *regs)
 /* copy #4: _copy_to_iter(const void *from, size_t bytes, struct iov_iter *i) */
 static int copy4_pre(struct kprobe *p, struct pt_regs *regs)
 {
+	atomic_long_inc(&copy4_calls);
+
 	/*
-	 * TODO(5): read the three arguments: from, bytes and i.
+	 * TODO(4): [milestone 1] read the three arguments: from, bytes and i.
 	 */
 
 	/*
-	 * TODO(6): log only the lab's copy: return 0 unless the current
-	 * process is recv_comm and bytes == msg_len.
+	 * TODO(5): [milestone 1] log only the lab's copy: return 0 unless
+	 * bytes == msg_len and the current process is recv_comm.
 	 */
 
 	/*
-	 * TODO(7): print the record with pr_info() and %px addresses:
+	 * TODO(6): [milestone 1] print the kernel side with pr_info() and %px:
+	 *   [COPY4] src=<kernel VA> len=<n>
+	 * [milestone 2] once TODO(7) works, print the full record instead:
 	 *   [COPY4] src=<kernel VA> dest=<user VA> len=<n>
+	 */
+	return 0;
+}
+
+/*
+ * The user-space address an iov_iter currently points at: where copy #1
+ * reads from, or where copy #4 writes to. Reading i->iov is safe here: the
+ * iterator and its iovec array are kernel memory that the caller of the
+ * probed function set up and still holds. Only the user address itself
+ * must never be dereferenced.
+ */
+static unsigned long __maybe_unused iter_user_addr(const struct iov_iter *i)
+{
+	/*
+	 * TODO(7): [milestone 2] return the user address the iterator
+	 * points at. On 6.1 a single-buffer sendto()/recv() builds an
+	 * ITER_IOVEC iterator: the address is
+	 * (unsigned long)i->iov->iov_base + i->iov_offset.
+	 * (Kernels from 6.4 on build ITER_UBUF: i->ubuf + i->iov_offset.)
+	 * Check i, its type (iter_is_iovec) and i->iov first; return 0 for
+	 * iterators that do not point at user memory.
 	 */
 	return 0;
 }
@@ -147,7 +172,8 @@ static void __exit copytrace_exit(void)
 {
 	unregister_kprobe(&kp_recv);
 	unregister_kprobe(&kp_send);
-	pr_info("probes removed\n");
+	pr_info("probes removed: %ld calls to %s and %ld calls to %s seen in all\n",
+		atomic_long_read(&copy1_calls), send_sym, atomic_long_read(&copy4_calls), recv_sym);
 }
 
 module_init(copytrace_init);

@@ -74,13 +74,13 @@ int main(int argc, char **argv)
 	printf("receiver: listening on 127.0.0.1:%d\n", port);
 
 	/*
-	 * TODO(1): print where recv() will put the message, exactly as
+	 * TODO(1): [milestone 0] print where recv() will put the message, exactly as
 	 *   receiver: buffer at <address>
 	 * using printf's %p on buf.
 	 */
 
 	/*
-	 * TODO(2): wait for one datagram with recv(fd, buf, 16, 0) and store
+	 * TODO(2): [milestone 0] wait for one datagram with recv(fd, buf, 16, 0) and store
 	 * its return value in n. On failure print an error with
 	 * strerror(errno) to stderr, close fd and return 1.
 	 */

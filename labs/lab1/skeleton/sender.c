@@ -87,13 +87,13 @@ int main(int argc, char **argv)
 	dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 
 	/*
-	 * TODO(1): print where the message lives in this process, exactly as
+	 * TODO(1): [milestone 0] print where the message lives in this process, exactly as
 	 *   sender: buffer at <address>
 	 * using printf's %p on buf.
 	 */
 
 	/*
-	 * TODO(2): send the len bytes of buf to dst with ONE sendto() call and
+	 * TODO(2): [milestone 0] send the len bytes of buf to dst with ONE sendto() call and
 	 * store its return value in n. On failure print an error with
 	 * strerror(errno) to stderr, close fd and return 1.
 	 */
