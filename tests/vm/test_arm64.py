@@ -68,9 +68,10 @@ def admin(vm, golden: Path, command: str, timeout: float = 300,
 
 
 def test_arm64_vm_runs_qemu_system_aarch64_with_its_pinned_kernel(arm64_vm, arm64_golden):
-    assert Path(arm64_vm.vm._qemu_command(2222, None)[0]).name == "qemu-system-aarch64"
     arm64_vm.acquire()
     try:
+        qemu = Path(f"/proc/{arm64_vm.vm._proc.pid}/exe").resolve()
+        assert qemu.name == "qemu-system-aarch64", qemu
         r = admin(arm64_vm, arm64_golden, "uname -r; uname -m; dpkg-query -W -f='${Version}\\n' "
                   f"linux-image-{RELEASE}; apt-mark showhold")
         assert r.returncode == 0, r.stderr
