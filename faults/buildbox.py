@@ -110,20 +110,15 @@ class Listener:
         self.sock.close()
 
 
-def host_state(uid: int) -> dict:
-    """What a build could leave behind: processes of the build account, sandbox mounts, build folders."""
-    procs = 0
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                # zombies are ended processes: the host's init reaps orphaned ones in its own time
-                if d.stat().st_uid == uid and (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                    procs += 1
-            except (OSError, IndexError):
-                pass
-    mounts = sum("copylab-build-" in line for line in open("/proc/mounts"))
-    folders = len(list(Path(tempfile.gettempdir()).glob("copylab-build-*")))
-    return {"processes": procs, "mounts": mounts, "folders": folders}
+def left_behind(out) -> dict:
+    """What this build left on the host: live processes in its pid namespace, mounts and files of its
+    private folder. Only this build's own (a build on another worker may be running meanwhile)."""
+    from grader.buildbox import namespace_pids
+
+    procs = len(namespace_pids(out.pid_namespace)) if out.pid_namespace else 0
+    mounts = sum(out.place in line for line in open("/proc/mounts")) if out.place else 0
+    folders = int(bool(out.place) and Path(out.place).exists())
+    return {k: v for k, v in {"processes": procs, "mounts": mounts, "folders": folders}.items() if v}
 
 
 def sources_for(case: Case, workdir: Path) -> dict[str, Path]:
@@ -137,17 +132,15 @@ def sources_for(case: Case, workdir: Path) -> dict[str, Path]:
 
 
 def run_case(builder, case: Case, workdir: Path) -> dict:
-    before = host_state(builder.uid)
     t0 = time.monotonic()
     out = builder.build(sources_for(case, workdir), case.command, OUTPUTS if case.command == MAKE else [],
                         case.timeout, workdir / f"{case.name}-out")
     seconds = time.monotonic() - t0
     reason = out.reason()
-    after = host_state(builder.uid)
     leaked_text = bool(case.secret) and (case.secret in out.log or any(
         case.secret.encode() in p.read_bytes() for p in out.outputs.values()))
     matched = bool(reason) and re.search(case.reason, reason) is not None
-    left = {k: after[k] - before[k] for k in after if after[k] > before[k]}
+    left = left_behind(out)
     return {"case": case.name, "failed": reason is not None, "reason": reason, "matched": matched,
             "leaked": leaked_text, "left_behind": left, "seconds": round(seconds, 2),
             "log_tail": out.log[-300:]}

@@ -68,6 +68,8 @@ class BuildOutcome:
     missing: list[str] = field(default_factory=list)
     seconds: float = 0.0
     timeout: float = 0.0
+    pid_namespace: str | None = None    # the sandbox's ("pid:[inode]"): no process may be left in it
+    place: str = ""                     # the build's private folder on the host, removed afterwards
 
     def reason(self) -> str | None:
         """Why the build failed, in words for the student (None: it did not)."""
@@ -232,7 +234,8 @@ class HostBuilder:
             finally:
                 end_namespace(ns)
             out = BuildOutcome(log=log.decode("utf-8", errors="replace"), exit_code=proc.returncode,
-                               timed_out=timed_out, problem=problem, timeout=timeout)
+                               timed_out=timed_out, problem=problem, timeout=timeout, pid_namespace=ns,
+                               place=str(folder.parent))
             if problem is None and not timed_out and proc.returncode == 0:
                 dest.mkdir(parents=True, exist_ok=True)
                 for name in outputs:
