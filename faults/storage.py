@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from faults.report import Figure, ratio, zero
-from faults.uploads import Client, Server, add_token, in_process_app, multipart, repo_on_path
+from faults.uploads import M, Client, Server, add_token, in_process_app, multipart, repo_on_path, tar_bytes
 
 PART = "storage"
 MB = 1_000_000
@@ -42,13 +42,8 @@ ATTACKERS = 4              # parallel connections of the attacking token
 
 
 def tar_of(files: dict[str, bytes], gz: bool) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w", format=tarfile.USTAR_FORMAT) as t:
-        for n, d in files.items():
-            ti = tarfile.TarInfo(n)
-            ti.size = len(d)
-            t.addfile(ti, io.BytesIO(d))
-    return buf.getvalue()
+    """A plain ustar archive (gzip-compressed when `gz`) of regular files, as the lab's tools write."""
+    return tar_bytes([M(n, d) for n, d in files.items()], gz, fmt=tarfile.USTAR_FORMAT)
 
 
 def zip_of(files: dict[str, bytes], comment: bytes = b"") -> bytes:
