@@ -57,6 +57,10 @@ class LabSpec:
     raw: dict = field(default_factory=dict, repr=False)
     # kernel release per `uname -m` for lab VMs of other architectures; `kernel` is the default
     kernels: dict[str, str] = field(default_factory=dict)
+    # sources of evidence from outside the guest (grader/engine/hostevidence.py) the lab asks for;
+    # those in host_evidence_required fail the verify phase when the VM cannot offer them
+    host_evidence: list[str] = field(default_factory=list)
+    host_evidence_required: list[str] = field(default_factory=list)
 
     def kernel_for(self, arch: str | None) -> str:
         """The kernel release (profile name) a lab VM of this architecture must run."""
@@ -139,6 +143,12 @@ def parse_lab(data: dict, lab_dir: str | Path, kinds: set[str] | None = None,
     pr = _get(run, "port_range", list, f"{where} [run]", [20000, 60000])
     if len(pr) != 2 or not all(isinstance(x, int) for x in pr) or not 1024 <= pr[0] < pr[1] <= 65535:
         raise LabSpecError(f"{where}: [run] port_range must be [low, high] within 1024..65535")
+    evidence = _get(data, "evidence", dict, where, {})
+    host = _str_list(evidence, "host", f"{where} [evidence]", [])
+    required = _str_list(evidence, "host_required", f"{where} [evidence]", [])
+    if not set(required) <= set(host):
+        raise LabSpecError(f"{where}: [evidence] host_required names sources missing from host: "
+                           f"{', '.join(sorted(set(required) - set(host)))}")
     checks = _parse_checks(_get(data, "checks", list, where, []), kinds, where)
     total = sum(c.points for c in checks)
     declared = _get(grading, "total", int, f"{where} [grading]", total)
@@ -167,7 +177,8 @@ def parse_lab(data: dict, lab_dir: str | Path, kinds: set[str] | None = None,
         message_alphabet=_get(run, "message_alphabet", str, f"{where} [run]",
                               "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"),
         port_range=(pr[0], pr[1]),
-        timeouts=tmo, checks=checks, max_score=total, raw=data)
+        timeouts=tmo, checks=checks, max_score=total, raw=data,
+        host_evidence=host, host_evidence_required=required)
 
 
 def _parse_checks(items: list, kinds: set[str], where: str) -> list[CheckSpec]:

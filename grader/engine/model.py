@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from . import evidence as ev
+from .hostevidence import HostEvidence
 from .profile import KernelProfile
 
 PHASE_STATUSES = ("ok", "failed", "timeout", "skipped")
@@ -61,6 +62,8 @@ class RunData:
     crash_phase: str | None = None
     verdict: str | None = None
     environment: dict = field(default_factory=dict)
+    # evidence from outside the guest, by source name (grader/engine/hostevidence.py)
+    host_evidence: dict[str, HostEvidence] = field(default_factory=dict)
 
     def phase(self, name: str) -> PhaseRecord:
         if name not in self.phases:

@@ -75,6 +75,8 @@ def build_result(run: RunData, checks: list[CheckResult], artifacts: dict[str, s
         "copies": 2,
         "bytes_held": 3 * run.payload_len,
         "artifacts": dict(artifacts or {}),
+        # what was seen from outside the guest, and from where (grader/engine/hostevidence.py)
+        "host_evidence": {name: e.as_dict() for name, e in run.host_evidence.items()},
     }
 
 

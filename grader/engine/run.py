@@ -10,7 +10,9 @@ The ``vm`` object (implemented by grader/vm/ over QEMU; a fake in the unit tests
     vm.environment() -> dict             e.g. {"accel": "kvm"|"tcg", "arch": ..., ...}
 
 and may provide `vm.host_builder() -> (builder | None, reason)`: a sandbox on the grader host that
-builds with the VM image's own toolchain (grader/buildbox.py); without one the build runs in the VM.
+builds with the VM image's own toolchain (grader/buildbox.py); without one the build runs in the VM;
+and `vm.host_evidence(name, lab, profile) -> (source | None, reason)`: a view of the guest from outside
+it (grader/engine/hostevidence.py), prepared in verify, armed around the student's programs.
 
 Phases: acquire, verify, upload, build, trace_start, load, run, collect, unload, release.
 """
@@ -30,6 +32,7 @@ from pathlib import Path
 from ..errors import GraderError
 from .checks import CheckResult, run_checks
 from .evidence import parse_taint
+from .hostevidence import HostEvidenceUnavailable, unavailable
 from .labspec import LabSpec
 from .model import RunData
 from .profile import KernelProfile, load_profile
@@ -158,6 +161,8 @@ class GradingRun:
                      "collect", "unload", "release"):
             self.run.phase(name)
         self.ex = None
+        self.host_sources: dict = {}    # name -> prepared HostEvidenceSource
+        self.host_armed: list = []
 
     # ------------------------------------------------------------------ helpers
     def sh(self, cmd: str, timeout: float, **kw):
@@ -263,7 +268,49 @@ class GradingRun:
         if self.program_user and "program-user-ok" not in lines:
             raise PhaseFailed("failed", f"the VM has no account {self.program_user!r} for the student's "
                                         f"programs: provision it with provision/site.yml")
-        return f"kernel {release}, self-test ok"
+        watching = self._prepare_host_evidence()
+        return f"kernel {release}, self-test ok" + (f"; watched from outside by {watching}" if watching else "")
+
+    def _prepare_host_evidence(self) -> str:
+        """Each source the lab asks for, prepared while the guest is still clean. A required source
+        that cannot run fails verify (the grader's failure); an optional one is recorded as unavailable."""
+        offer = getattr(self.vm, "host_evidence", None)
+        for name in self.lab.host_evidence:
+            source, why = offer(name, self.lab, self.profile) if offer else \
+                (None, "this VM offers no view from outside the guest")
+            if source is not None:
+                try:
+                    source.prepare(self.ex, self.run)
+                except HostEvidenceUnavailable as e:
+                    source, why = None, str(e)
+            if source is None:
+                self.run.host_evidence[name] = unavailable(name, why)
+                if name in self.lab.host_evidence_required:
+                    raise PhaseFailed("failed", f"host evidence {name!r} is required by the lab and "
+                                                f"unavailable: {why}")
+                continue
+            self.host_sources[name] = source
+        return ", ".join(self.host_sources)
+
+    def _arm_host_evidence(self) -> None:
+        for name, source in self.host_sources.items():
+            try:
+                source.arm(self.run)
+                self.host_armed.append(source)
+            except Exception as e:  # noqa: BLE001 - a source's failure is recorded, grading goes on
+                self.run.host_evidence[name] = unavailable(name, f"could not be armed: "
+                                                                 f"{type(e).__name__}: {e}", source.where)
+                self.run.host_evidence[name].status = "failed"
+
+    def _collect_host_evidence(self) -> None:
+        while self.host_armed:
+            source = self.host_armed.pop(0)
+            try:
+                self.run.host_evidence[source.name] = source.collect(self.run)
+            except Exception as e:  # noqa: BLE001 - collect must not lose the run
+                self.run.host_evidence[source.name] = unavailable(
+                    source.name, f"collect failed: {type(e).__name__}: {e}", source.where)
+                self.run.host_evidence[source.name].status = "failed"
 
     def p_upload(self, dl):
         files: dict[str, bytes] = {}
@@ -533,7 +580,11 @@ class GradingRun:
                     ("load", self.p_load), ("run", self.p_run)]
             stopped_at = None
             for name, fn in main:
+                if name == "run":
+                    self._arm_host_evidence()
                 ok = self.phase(name, fn)
+                if name == "run":
+                    self._collect_host_evidence()
                 if name == "load" and run.phase_status("load") in ("ok", "timeout"):
                     loaded = True
                 if name in ("trace_start", "load", "run") or not ok:
@@ -593,6 +644,9 @@ class GradingRun:
                  "trace.txt": run.trace_text}
         if run.crash_excerpt:
             files["crash.txt"] = run.crash_excerpt
+        for evidence in run.host_evidence.values():
+            if evidence.text:
+                files[evidence.artifact_name] = evidence.text
         out = {}
         for name, text in files.items():
             if text is None:

@@ -115,7 +115,7 @@ def fake_verify(monkeypatch):
 
     def p_verify(self, dl):
         self.run.environment["kernel_release"] = self.profile.release
-        return "faked"
+        return "faked; " + self._prepare_host_evidence()
     monkeypatch.setattr(runmod.GradingRun, "p_verify", p_verify)
     yield orig
 
@@ -396,3 +396,71 @@ def test_real_helper_end_without_a_trace_reads_taint_and_kernel_log():
     bad = subprocess.run([sys.executable, str(helper), "end", "../x", "-"], capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 2 and "unknown command or wrong arguments" in bad.stderr
+
+
+class RecordingSource:
+    """A host evidence source that records the calls it gets and what the guest held at each."""
+
+    where = "a test double on the grader host"
+
+    def __init__(self, name, vm, fail_prepare=None):
+        self.name, self.vm, self.fail_prepare, self.calls = name, vm, fail_prepare, []
+
+    def prepare(self, ex, run):
+        self.calls.append(("prepare", self.vm.loaded_marker.exists()))
+        if self.fail_prepare:
+            from grader.engine.hostevidence import HostEvidenceUnavailable
+            raise HostEvidenceUnavailable(self.fail_prepare)
+
+    def arm(self, run):
+        self.calls.append(("arm", self.vm.loaded_marker.exists()))
+
+    def collect(self, run):
+        from grader.engine.hostevidence import HostEvidence, Observation
+        self.calls.append(("collect", self.vm.loaded_marker.exists()))
+        return HostEvidence(self.name, self.where, "ok", "2 stops",
+                            [Observation("copy1", {"dest": 0x1000, "bytes": MSG.encode()})], "raw log\n")
+
+
+def offering_sources(vm, sources):
+    vm.host_evidence = lambda name, lab, profile: (sources[name], "") if name in sources \
+        else (None, f"no {name} here")
+    return vm
+
+
+def test_host_evidence_is_prepared_before_the_module_and_armed_around_the_programs(env):
+    env.lab.host_evidence = ["witness", "absent"]
+    src = RecordingSource("witness", env.vm)
+    out = env.do(vm=offering_sources(env.vm, {"witness": src}))
+    # prepared while no student module was loaded, armed and collected with it loaded
+    assert src.calls == [("prepare", False), ("arm", True), ("collect", True)]
+    he = out.result["host_evidence"]
+    assert he["witness"]["status"] == "ok" and he["witness"]["where"] == src.where
+    assert he["witness"]["observations"][0]["values"]["bytes"] == MSG.encode().hex()
+    assert he["absent"] == {"source": "absent", "where": "outside the guest", "status": "unavailable",
+                            "detail": "no absent here", "observations": []}
+    assert (out.outdir / "host-witness.txt").read_text() == "raw log\n"
+    assert out.result["artifacts"]["host-witness.txt"] == "host-witness.txt"
+    assert out.result["score"] == 100
+
+
+def test_a_required_host_source_that_cannot_run_fails_verify_not_the_student(env):
+    env.lab.host_evidence = ["witness"]
+    env.lab.host_evidence_required = ["witness"]
+    src = RecordingSource("witness", env.vm, fail_prepare="QEMU has no gdbstub")
+    out = env.do(vm=offering_sources(env.vm, {"witness": src}))
+    verify = next(p for p in out.result["phases"] if p["name"] == "verify")
+    assert verify["status"] == "failed" and "QEMU has no gdbstub" in verify["detail"]
+    assert "required" in verify["detail"]
+    assert not (env.fake / "loaded").exists() and src.calls == [("prepare", False)]
+
+
+def test_lab_spec_host_evidence_must_name_required_sources_among_its_sources(tmp_path):
+    from grader.engine.labspec import parse_lab
+    from grader.errors import LabSpecError
+    base = {"lab": {"id": "x"}, "submission": {"files": ["a.c"]}}
+    spec = parse_lab(dict(base, evidence={"host": ["gdbstub"], "host_required": []}), tmp_path, kinds=set())
+    assert spec.host_evidence == ["gdbstub"] and spec.host_evidence_required == []
+    with pytest.raises(LabSpecError, match="host_required names sources missing from host: nic-trace"):
+        parse_lab(dict(base, evidence={"host": ["gdbstub"], "host_required": ["nic-trace"]}), tmp_path,
+                  kinds=set())
