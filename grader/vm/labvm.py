@@ -42,7 +42,7 @@ class QemuLabVM:
 
     def __init__(self, golden: Path | None = None, workdir: Path | None = None, name: str = "lab",
                  boot_timeout: float = 300.0, accel=None, progress=None, persistent: bool = False,
-                 qemu_user: str | None = None):
+                 qemu_user: str | None = None, nic_pair: bool = False):
         self.golden = Path(golden) if golden else find_golden()
         self.manifest = json.loads((self.golden / "manifest.json").read_text())
         self.workdir = Path(workdir) if workdir else scratch_dir("copylab-pool-")
@@ -52,7 +52,8 @@ class QemuLabVM:
                           initrd=Path(self.manifest["initrd_path"]),
                           cmdline=self.manifest["cmdline"], arch=self.manifest.get("qemu_arch", "x86_64"))
         self.vm = QemuVM(image=image, workdir=self.workdir, name=name, restrict_network=True,
-                         boot_timeout=boot_timeout, accel=accel, qemu_user=qemu_user)
+                         boot_timeout=boot_timeout, accel=accel, qemu_user=qemu_user,
+                         nic_pair=nic_pair)
         self.key = self.golden / self.manifest["grader_key"]
         self.prepared = False
         self.fresh = False  # True right after the clean snapshot was taken or restored

@@ -381,6 +381,9 @@ def kernel_cmdline(cmdline: str, arch: str, accel: str) -> str:
     return cmdline
 
 
+NIC_PAIR = (("lab0", "52:54:00:00:0a:01"), ("lab1", "52:54:00:00:0b:01"))
+
+
 @dataclass
 class QemuVM:
     """One lab VM: an overlay on the image, a QEMU process, an HMP monitor socket, a serial log."""
@@ -392,6 +395,9 @@ class QemuVM:
     cpus: int = 2
     accel: AccelChoice | None = None
     restrict_network: bool = True
+    # lab 2's network cards: two e1000e NICs on a QEMU hub of their own (a crossover cable inside
+    # QEMU, no host socket), beside the management NIC
+    nic_pair: bool = False
     boot_timeout: float = 300.0
     ssh_port: int | None = None
     hostkey: str | None = None  # "ssh-ed25519 AAAA...", pinned from the console
@@ -513,6 +519,7 @@ class QemuVM:
             "-nodefaults", "-display", "none", "-no-reboot", "-sandbox", SANDBOX,
             "-drive", self._drive(files),
             "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0",
+            *(self.nic_pair_args() if self.nic_pair else []),
             # append, never truncate: the offset marks (_serial_mark, mark_serial) stay valid across
             # restarts of this VM, and an earlier boot's crash text is kept as evidence
             "-chardev", "file,id=serial0,append=on,path="
@@ -527,6 +534,16 @@ class QemuVM:
         if loadvm:
             cmd += ["-loadvm", loadvm]
         return cmd
+
+    @staticmethod
+    def nic_pair_args() -> list[str]:
+        """Two e1000e cards (guest eth1, eth2) joined by QEMU hub 1; the MACs are fixed so that a
+        snapshot taken with them restores with them."""
+        args = []
+        for netdev, mac in NIC_PAIR:
+            args += ["-netdev", f"hubport,id={netdev},hubid=1",
+                     "-device", f"e1000e,netdev={netdev},mac={mac}"]
+        return args
 
     def _launch(self, port: int, loadvm: str | None) -> None:
         self.monitor_path.unlink(missing_ok=True)

@@ -231,3 +231,17 @@ def test_the_worker_refuses_an_account_that_could_read_the_database_store_or_sec
         assert not check_qemu_account(dict(config, POOL_QEMU_USER=""), inst).switched
     finally:
         shutil.rmtree(top)
+
+
+def test_the_nic_pair_joins_two_e1000e_cards_on_a_hub_inside_qemu(vm):
+    with QemuFiles() as files:
+        plain = vm._qemu_command(2222, None, files)
+        vm.nic_pair = True
+        paired = vm._qemu_command(2222, None, files)
+    assert "e1000e" not in " ".join(plain)
+    devices = [paired[i + 1] for i, a in enumerate(paired) if a == "-device" and "e1000e" in paired[i + 1]]
+    netdevs = [paired[i + 1] for i, a in enumerate(paired) if a == "-netdev" and "hubport" in paired[i + 1]]
+    assert devices == ["e1000e,netdev=lab0,mac=52:54:00:00:0a:01", "e1000e,netdev=lab1,mac=52:54:00:00:0b:01"]
+    # both ends on hub 1 and nothing else on it: no host socket, no user-mode network
+    assert netdevs == ["hubport,id=lab0,hubid=1", "hubport,id=lab1,hubid=1"]
+    assert option(paired, "-netdev", "user,").endswith("restrict=on")
