@@ -206,6 +206,12 @@ class QemuLabVM:
 
         return buildbox.for_golden(self.golden)
 
+    def host_evidence(self, name: str, lab, profile):
+        """(source, why) for a view of this VM from outside it (grader/vm/hostsources.py)."""
+        from grader.vm import hostsources
+
+        return hostsources.offer(name, self, lab, profile)
+
     def close(self) -> None:
         if self.persistent and self.prepared:
             self.vm.stop()  # keep the overlay: its clean snapshot is resumed next time

@@ -464,3 +464,9 @@ def test_lab_spec_host_evidence_must_name_required_sources_among_its_sources(tmp
     with pytest.raises(LabSpecError, match="host_required names sources missing from host: nic-trace"):
         parse_lab(dict(base, evidence={"host": ["gdbstub"], "host_required": ["nic-trace"]}), tmp_path,
                   kinds=set())
+
+
+def test_a_qemu_lab_vm_names_the_host_sources_it_knows_when_asked_for_another():
+    from grader.vm import hostsources
+    source, why = hostsources.offer("no-such-source", None, None, None)
+    assert source is None and "no host evidence source 'no-such-source'" in why
