@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from .checks import CheckResult, hx
+from .journey import journey_from_result
+from .journey import render_text as journey_text
 from .model import RunData
 
 SCHEMA_VERSION = 1
@@ -137,6 +139,7 @@ def render_text(result: dict) -> str:
         if p["status"] in ("failed", "timeout"):
             lines.append(f"  {p['name']} {p['status']}: {p['detail']}")
     lines.append("")
+    lines.append(journey_text(journey_from_result(result)))
     lines.append(f"the message's journey ({result['copies']} copies, "
                  f"{result['bytes_held']} bytes held in 3 buffers):")
     lines.append(render_table(result["trace_table"]))
