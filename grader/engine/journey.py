@@ -55,13 +55,16 @@ class Region:
 @dataclass(frozen=True)
 class Place:
     """A buffer that holds the message. `region` is where its address lies (None: unknown address,
-    drawn in `expected`; "" : an address in no region)."""
+    drawn in `expected`; "" : an address in no region). `expected` may name no region at all (a
+    card's memory): it is then drawn in a band of its own. `physical`: the buffer's physical
+    address, where a lab measures it."""
     key: str
     label: str
     expected: str
     address: int | None
     region: str | None
     problem: str = ""
+    physical: int | None = None
 
 
 @dataclass(frozen=True)
@@ -233,15 +236,17 @@ def journey_from_result(result: dict) -> Journey:
 # --- renderers -------------------------------------------------------------------------------------
 
 def _bands(j: Journey) -> list[tuple[str, str]]:
-    """(row key, label) top to bottom: higher addresses on top, "neither" only when used."""
+    """(row key, label) top to bottom: the regions, higher addresses on top, then a band for each
+    place drawn outside them (kernel before user when the halves are unknown); "neither" only when
+    an address lies in no region."""
     rows = [(r.key, r.label) for r in sorted(j.regions, key=lambda r: -r.lo)]
-    if not rows:
-        seen = []
-        for p in j.places:
-            if p.expected not in seen:
-                seen.append(p.expected)
-        order = {"kernel": 0, "user": 1}
-        rows = [(k, f"{k} side") for k in sorted(seen, key=lambda k: order.get(k, 2))]
+    others = []
+    for p in j.places:
+        key = j.row_of(p)
+        if key and key not in others and all(key != k for k, _ in rows):
+            others.append(key)
+    rank = {"kernel": 0, "user": 1}
+    rows += [(k, f"{k} side") for k in sorted(others, key=lambda k: rank.get(k, 2))]
     if any(p.region == "" for p in j.places):
         rows.insert(1 if len(rows) > 1 else 0, ("", "neither half"))
     return rows
@@ -264,7 +269,8 @@ def describe(j: Journey) -> list[str]:
     lines += _region_lines(j)
     for p in j.places:
         where = next((lab for key, lab in _bands(j) if key == j.row_of(p)), "")
-        lines.append(f"{p.label} at {hex16(p.address)}, {where}")
+        pa = f" (physical {hex16(p.physical)})" if p.physical is not None else ""
+        lines.append(f"{p.label} at {hex16(p.address)}{pa}, {where}")
     return lines + notes(j)
 
 
@@ -288,6 +294,9 @@ def render_text(j: Journey) -> str:
         out.append((lab.ljust(label_w) + "".join(c.ljust(col_w) for c in cells)).rstrip())
         if bi + 1 < len(bands):
             out.append(_arrow_row(j, bi, band_index, col, label_w, col_w))
+    if any(p.physical is not None for p in j.places):
+        out.append("physical".ljust(label_w) + "".join(
+            ("" if p.physical is None else hex16(p.physical)).ljust(col_w) for p in j.places))
     out += ["  " + ln for ln in _region_lines(j) + notes(j)]
     return "\n".join(line.rstrip() for line in out if line.strip()) + "\n"
 
@@ -308,6 +317,7 @@ def _arrow_row(j: Journey, upper: int, band_index: dict, col: dict, label_w: int
 
 # SVG geometry (user units)
 W, LEFT, TOP, BAND_H, BOX_W, BOX_H, LINE = 760, 170, 56, 120, 170, 62, 16
+BAND_FILL = {"kernel": "#eef3fa", "user": "#f7f7f2", "": "#fdecea"}   # "": the band of no region
 
 
 def render_svg(j: Journey, id_prefix: str = "journey") -> str:
@@ -315,30 +325,33 @@ def render_svg(j: Journey, id_prefix: str = "journey") -> str:
     external reference), so a page with `style-src 'self'` and no script allowed shows it as is."""
     e = _esc
     bands = _bands(j)
+    with_pa = any(p.physical is not None for p in j.places)
+    box_h = BOX_H + (LINE if with_pa else 0)
     n = max(len(j.places), 1)
-    col_w = (W - LEFT - 10) / n
+    width = max(W, LEFT + 10 + n * (BOX_W + 16))   # more places widen the picture, never squeeze boxes
+    col_w = (width - LEFT - 10) / n
     height = TOP + BAND_H * len(bands) + 26 + LINE * (len(j.copies) + len(j.missing))
     pid = re.sub(r"[^A-Za-z0-9_-]", "", id_prefix) or "journey"
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" id="{pid}" class="journey" role="img" '
-           f'viewBox="0 0 {W} {height}" width="{W}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
            f'aria-labelledby="{pid}-title {pid}-desc" font-family="sans-serif" font-size="13">',
            f'<title id="{pid}-title">The message\'s journey: {e(j.headline)}</title>',
            f'<desc id="{pid}-desc">{e(". ".join(describe(j)))}</desc>',
            f'<defs><marker id="{pid}-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="8" '
            f'markerHeight="8" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#23395d"/>'
            f'</marker></defs>',
-           f'<text x="{W / 2:.0f}" y="30" text-anchor="middle" font-size="20" font-weight="bold" '
+           f'<text x="{width / 2:.0f}" y="30" text-anchor="middle" font-size="20" font-weight="bold" '
            f'class="journey-headline">{e(j.headline)}</text>']
     if j.message:
-        out.append(f'<text x="{W / 2:.0f}" y="48" text-anchor="middle" font-family="monospace">'
+        out.append(f'<text x="{width / 2:.0f}" y="48" text-anchor="middle" font-family="monospace">'
                    f'{e(repr(clean(j.message)))}</text>')
     band_y = {}
     for i, (key, label) in enumerate(bands):
         y = TOP + i * BAND_H
         band_y[key] = y
-        fill = "#eef3fa" if key == "kernel" else "#f7f7f2" if key == "user" else "#fdecea"
+        fill = BAND_FILL.get(key, "#f2f2f2")
         region = next((r for r in j.regions if r.key == key), None)
-        out.append(f'<rect x="0" y="{y}" width="{W}" height="{BAND_H}" fill="{fill}" stroke="#bbb"/>')
+        out.append(f'<rect x="0" y="{y}" width="{width}" height="{BAND_H}" fill="{fill}" stroke="#bbb"/>')
         out.append(f'<text x="10" y="{y + 24}" font-weight="bold">{e(label)}</text>')
         if region is not None:
             out.append(f'<text x="10" y="{y + 42}" font-family="monospace" font-size="11">'
@@ -348,22 +361,26 @@ def render_svg(j: Journey, id_prefix: str = "journey") -> str:
         cx = LEFT + col_w * i + col_w / 2
         cy = band_y.get(j.row_of(p), TOP) + BAND_H / 2
         centre[p.key] = (cx, cy)
-        x, y = cx - BOX_W / 2, cy - BOX_H / 2
+        x, y = cx - BOX_W / 2, cy - box_h / 2
         stroke = "#b3261e" if p.problem else "#23395d"
         dash = ' stroke-dasharray="5 4"' if p.address is None else ""
         out.append(f'<g class="journey-place" id="{pid}-{e(p.key)}">'
-                   f'<rect x="{x:.0f}" y="{y:.0f}" width="{BOX_W}" height="{BOX_H}" rx="6" fill="#fff" '
+                   f'<rect x="{x:.0f}" y="{y:.0f}" width="{BOX_W}" height="{box_h}" rx="6" fill="#fff" '
                    f'stroke="{stroke}" stroke-width="2"{dash}/>'
                    f'<text x="{cx:.0f}" y="{y + 18:.0f}" text-anchor="middle" font-weight="bold">'
                    f'{e(p.label)}</text>'
                    f'<text x="{cx:.0f}" y="{y + 36:.0f}" text-anchor="middle" font-family="monospace" '
                    f'class="journey-address">{e(hex16(p.address))}</text>'
                    f'<text x="{cx:.0f}" y="{y + 53:.0f}" text-anchor="middle" font-size="11">'
-                   f'{e(_box_note(j, p))}</text></g>')
+                   f'{e(_box_note(j, p))}</text>'
+                   + (f'<text x="{cx:.0f}" y="{y + 53 + LINE:.0f}" text-anchor="middle" '
+                      f'font-family="monospace" font-size="11" class="journey-physical">'
+                      f'PA {e(hex16(p.physical))}</text>' if p.physical is not None else "")
+                   + '</g>')
     for c in j.copies:
         (x1, y1), (x2, y2) = centre[c.src], centre[c.dest]
-        ax, ay = _edge(x1, y1, x2, y2)
-        bx, by = _edge(x2, y2, x1, y1)
+        ax, ay = _edge(x1, y1, x2, y2, box_h)
+        bx, by = _edge(x2, y2, x1, y1, box_h)
         length = "?" if c.length is None else c.length
         out.append(f'<g class="journey-copy"><line x1="{x1 + ax:.0f}" y1="{y1 + ay:.0f}" '
                    f'x2="{x2 + bx:.0f}" y2="{y2 + by:.0f}" stroke="#23395d" stroke-width="2.5" '
@@ -388,13 +405,13 @@ def _box_note(j: Journey, p: Place) -> str:
     return f"{j.payload_len} bytes" if j.payload_len is not None else ""
 
 
-def _edge(x1: float, y1: float, x2: float, y2: float) -> tuple[float, float]:
+def _edge(x1: float, y1: float, x2: float, y2: float, box_h: float) -> tuple[float, float]:
     """Offset from a box's centre to where the line towards (x2, y2) leaves the box."""
     dx, dy = x2 - x1, y2 - y1
     if dx == 0 and dy == 0:
         return 0.0, 0.0
     sx = (BOX_W / 2) / abs(dx) if dx else float("inf")
-    sy = (BOX_H / 2 + 4) / abs(dy) if dy else float("inf")
+    sy = (box_h / 2 + 4) / abs(dy) if dy else float("inf")
     s = min(sx, sy)
     return dx * s, dy * s
 

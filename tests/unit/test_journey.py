@@ -13,7 +13,7 @@ import pytest
 from engine_fixtures import KADDR, MSG, RBUF, SBUF, good_run, kmsg_text
 
 from grader.engine.checks import run_checks
-from grader.engine.journey import journey_from_result, render_svg, render_text
+from grader.engine.journey import Copy, Journey, Place, halves, journey_from_result, render_svg, render_text
 from grader.engine.labspec import load_lab
 from grader.engine.profile import load_profile
 from grader.engine.result import build_result
@@ -210,3 +210,32 @@ def test_the_picture_does_not_change_the_result_it_reads():
     render_svg(journey_from_result(result))
     assert result == before
     assert MSG in render_svg(journey_from_result(result))
+
+
+def test_more_places_and_copies_with_physical_addresses_draw_like_lab_ones():
+    """What lab 2 adds (the card's side): five places, four copies, physical addresses, a band
+    for the card outside the virtual halves."""
+    regions, release = halves({"kernel_release": "6.1.0-50-amd64"})
+    user, kernel = "user", "kernel"
+    places = [Place("sender", "sender's buffer", user, SBUF, user, physical=0x10a2b3060),
+              Place("txskb", "tx skb", kernel, KADDR, kernel, physical=0x4a7c62c),
+              Place("card", "card's buffer", "card", None, None, physical=0x5e00000),
+              Place("rxskb", "rx skb", kernel, KADDR + 0x1000, kernel),
+              Place("receiver", "receiver's buffer", user, RBUF, user)]
+    copies = [Copy(n, a, b, 16, how) for n, a, b, how in (
+        (1, "sender", "txskb", "CPU"), (2, "txskb", "card", "DMA"), (3, "card", "rxskb", "DMA"),
+        (4, "rxskb", "receiver", "CPU"))]
+    j = Journey(regions, places, copies, 16, MSG, release)
+    assert j.headline == "80 bytes in 5 places (16 bytes x 5), 4 copies"
+    lines = render_text(j).splitlines()
+    assert [ln.split()[0] for ln in lines[2:]][:6] == ["kernel", "#1", "user", "card", "physical", "kernel"]
+    assert lines[lines.index(next(ln for ln in lines if ln.startswith("physical")))].split()[1:] == [
+        "0x000000010a2b3060", "0x0000000004a7c62c", "0x0000000005e00000"]
+    root = svg_tree(render_svg(j))
+    boxes = [g.find(f"{SVG}rect") for g in root.iter(f"{SVG}g") if g.get("class") == "journey-place"]
+    xs = [float(b.get("x")) for b in boxes]
+    assert all(b - a >= float(boxes[0].get("width")) for a, b in zip(xs, xs[1:]))   # no box overlaps
+    assert sum(1 for g in root.iter(f"{SVG}g") if g.get("class") == "journey-copy") == 4
+    assert [t.text for t in root.iter(f"{SVG}text") if t.get("class") == "journey-physical"] == [
+        "PA 0x000000010a2b3060", "PA 0x0000000004a7c62c", "PA 0x0000000005e00000"]
+    assert "card side" in texts(render_svg(j))
