@@ -100,6 +100,7 @@ def to_gradescope(result: dict) -> dict:
                       "status": "passed" if c["passed"] else "failed",
                       "output": "\n".join(lines), "visibility": "visible"})
     out = [f"verdict: {result['verdict']}"] if result.get("verdict") else []
+    out.append(journey_text(journey_from_result(result)))
     out.append(render_table(result["trace_table"]))
     return {"score": result["score"], "output": "\n".join(out), "visibility": "visible",
             "stdout_visibility": "hidden", "tests": tests}

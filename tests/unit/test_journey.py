@@ -16,7 +16,7 @@ from grader.engine.checks import run_checks
 from grader.engine.journey import Copy, Journey, Place, halves, journey_from_result, render_svg, render_text
 from grader.engine.labspec import load_lab
 from grader.engine.profile import load_profile
-from grader.engine.result import build_result
+from grader.engine.result import build_result, to_gradescope
 from grader.engine.result import render_text as result_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,9 +70,12 @@ def test_text_picture_puts_each_buffer_in_its_half_with_the_copies_between():
     assert all(len(ln) <= 100 for ln in lines)
 
 
-def test_make_checks_terminal_output_shows_the_picture_before_the_table():
-    out = result_text(result_of())
+def test_terminal_and_gradescope_output_show_the_picture_before_the_table():
+    result = result_of()
+    out = result_text(result)
     assert out.index("the journey: 48 bytes in 3 places") < out.index("the message's journey (2 copies")
+    gradescope = to_gradescope(result)["output"]
+    assert gradescope.index(render_text(journey_from_result(result))) < gradescope.index("step  action")
 
 
 def test_svg_has_title_desc_the_three_boxes_and_two_arrows():
