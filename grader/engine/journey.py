@@ -69,12 +69,15 @@ class Place:
 
 @dataclass(frozen=True)
 class Copy:
-    """One copy of the message, an arrow from place `src` to place `dest`."""
+    """One copy of the message, an arrow from place `src` to place `dest`; `src_addr` and
+    `dest_addr` are the addresses the copy itself was seen to use, where known."""
     number: int
     src: str
     dest: str
     length: int | None
     how: str
+    src_addr: int | None = None
+    dest_addr: int | None = None
 
 
 @dataclass
@@ -85,7 +88,8 @@ class Journey:
     payload_len: int | None
     message: str
     split_from: str                       # the kernel profile the halves come from, or why none
-    missing: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)   # what the run did not show
+    wrong: list[str] = field(default_factory=list)     # what it showed somewhere unexpected
 
     @property
     def headline(self) -> str:
@@ -193,25 +197,33 @@ def lab1_journey(result: dict) -> Journey:
          "no receiver output and no [COPY4] dest"),
     ]
     missing = [] if regions else [f"address halves unknown: {split_from}"]
-    places = []
+    wrong, places = [], []
     for key, label, expected, addr, why_unknown in specs:
         place = _place(key, label, expected, addr, regions)
         places.append(place)
         if addr is None:
             missing.append(f"{label}: address unknown ({why_unknown})")
         elif place.problem:
-            missing.append(f"{label}: {place.problem}")
-    copies = [Copy(1, "sender", "skb", _length(rows.get(3)), "_copy_from_iter during sendto()"),
-              Copy(4, "skb", "receiver", _length(rows.get(6)), "_copy_to_iter during recv()")]
+            wrong.append(f"{label}: {place.problem}")
+    copies = [Copy(1, "sender", "skb", _length(rows.get(3)), "_copy_from_iter during sendto()",
+                   _at(c1, 0), _at(c1, 1)),
+              Copy(4, "skb", "receiver", _length(rows.get(6)), "_copy_to_iter during recv()",
+                   _at(c4, 0), _at(c4, 1))]
+    by_key = {p.key: p for p in places}
     for c in copies:
         if c.length is None:
             missing.append(f"copy #{c.number}: no length recorded")
+        for side, addr, place in (("read from", c.src_addr, by_key[c.src]),
+                                  ("wrote to", c.dest_addr, by_key[c.dest])):
+            if addr is not None and place.address is not None and addr != place.address:
+                wrong.append(f"copy #{c.number} {side} {hex16(addr)}, not the {place.label} "
+                             f"({hex16(place.address)})")
     message = result.get("message")
     n = len(message.encode()) if isinstance(message, str) else None
     if n is None:
         n = next((c.length for c in copies if c.length is not None), None)
     return Journey(regions, places, copies, n, message if isinstance(message, str) else "",
-                   split_from, missing)
+                   split_from, missing, wrong)
 
 
 def _place(key: str, label: str, expected: str, addr: int | None, regions: list[Region]) -> Place:
@@ -259,8 +271,10 @@ def _copy_line(j: Journey, c: Copy) -> str:
 
 
 def notes(j: Journey) -> list[str]:
-    """The copies and what is missing, one line each (under both pictures)."""
-    return [_copy_line(j, c) for c in j.copies] + [f"missing: {m}" for m in j.missing]
+    """The copies, what is missing and what is not where it should be, one line each (under both
+    pictures)."""
+    return ([_copy_line(j, c) for c in j.copies] + [f"missing: {m}" for m in j.missing]
+            + [f"unexpected: {w}" for w in j.wrong])
 
 
 def describe(j: Journey) -> list[str]:
@@ -330,7 +344,7 @@ def render_svg(j: Journey, id_prefix: str = "journey") -> str:
     n = max(len(j.places), 1)
     width = max(W, LEFT + 10 + n * (BOX_W + 16))   # more places widen the picture, never squeeze boxes
     col_w = (width - LEFT - 10) / n
-    height = TOP + BAND_H * len(bands) + 26 + LINE * (len(j.copies) + len(j.missing))
+    height = TOP + BAND_H * len(bands) + 26 + LINE * (len(notes(j)))
     pid = re.sub(r"[^A-Za-z0-9_-]", "", id_prefix) or "journey"
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" id="{pid}" class="journey" role="img" '
            f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
@@ -390,7 +404,7 @@ def render_svg(j: Journey, id_prefix: str = "journey") -> str:
                    f'{e(f"copy #{c.number}: {length} bytes")}</text></g>')
     y = TOP + BAND_H * len(bands) + 20
     for line in notes(j):
-        colour = "#b3261e" if line.startswith("missing") else "#1d1d1f"
+        colour = "#b3261e" if line.startswith(("missing", "unexpected")) else "#1d1d1f"
         out.append(f'<text x="10" y="{y}" font-size="12" fill="{colour}">{e(line)}</text>')
         y += LINE
     out.append("</svg>")

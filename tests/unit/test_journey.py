@@ -49,7 +49,7 @@ def test_full_run_three_places_two_copies_at_this_runs_addresses():
         ("kernel", amd64.kernel_min, 2**64 - 1), ("user", 0, amd64.user_max)]
     assert [(c.number, c.src, c.dest, c.length) for c in j.copies] == [
         (1, "sender", "skb", 16), (4, "skb", "receiver", 16)]
-    assert j.split_from == "6.1.0-50-amd64" and j.missing == []
+    assert j.split_from == "6.1.0-50-amd64" and j.missing == [] and j.wrong == []
     assert j.headline.startswith("48 bytes in 3 places")
 
 
@@ -105,13 +105,14 @@ def test_arm64_split_comes_from_its_profile():
     steps = {r["step"]: r for r in result["trace_table"]}
     steps[1]["location"] = "sender buffer 0xaaaad6f71010"
     steps[3]["location"] = "0xaaaad6f71010 -> 0xffff00000a3f642c"
+    steps[6]["location"] = "0xffff00000a3f642c -> 0xffffe1c2a3b0"
     steps[7]["location"] = "receiver buffer 0xffffe1c2a3b0"
     j = journey_from_result(result)
     assert [(r.key, r.lo, r.hi) for r in j.regions] == [
         ("kernel", arm.kernel_min, 2**64 - 1), ("user", 0, arm.user_max)]
     assert [(p.address, p.region) for p in j.places] == [
         (0xaaaad6f71010, "user"), (0xffff00000a3f642c, "kernel"), (0xffffe1c2a3b0, "user")]
-    assert j.missing == [] and j.split_from == "6.1.0-50-arm64"
+    assert j.missing == [] and j.wrong == [] and j.split_from == "6.1.0-50-arm64"
     # the arch alone finds the profile too
     del result["environment"]["kernel_release"]
     assert journey_from_result(result).split_from == "6.1.0-50-arm64"
@@ -127,10 +128,25 @@ def test_an_address_on_the_wrong_side_is_drawn_where_it_lies_and_named():
     assert j.places[2].region == "user" and not j.places[2].problem
     result["environment"].update(kernel_release="6.1.0-50-arm64")
     j = journey_from_result(result)
-    assert j.places[2].region == "" and "receiver's buffer: the address lies in neither half" in j.missing
+    assert j.places[2].region == "" and "receiver's buffer: the address lies in neither half" in j.wrong
     text = render_text(j)
     assert "neither half" in text and "0x00f0000000000000!" in text
     assert "neither half" in texts(render_svg(j))
+
+
+def test_a_module_that_swaps_copy1s_fields_is_seen_in_the_picture():
+    swapped = f"copytrace: [COPY1] src={KADDR:016x} dest={SBUF:016x} len=16"
+    j = journey_from_result(result_of(good_run(kmsg_text=kmsg_text(copy1=swapped))))
+    skb = j.place("skb")
+    assert skb.address == SBUF and skb.region == "user"
+    assert j.wrong == ["skb data: the address lies in the user half, not the kernel half",
+                       f"copy #1 read from 0x{KADDR:016x}, not the sender's buffer (0x{SBUF:016x})",
+                       f"copy #4 read from 0x{KADDR:016x}, not the skb data (0x{SBUF:016x})"]
+    text = render_text(j)
+    assert f"0x{SBUF:016x}!" in text and "unexpected: copy #1 read from" in text
+    svg = svg_tree(render_svg(j))
+    box = next(g for g in svg.iter(f"{SVG}g") if g.get("id") == "journey-skb").find(f"{SVG}rect")
+    assert box.get("stroke") == "#b3261e"
 
 
 def test_partial_run_draws_what_is_known_and_names_what_is_missing():
