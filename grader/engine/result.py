@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from .checks import CheckResult, hx
+from .journey import journey_from_result
+from .journey import render_text as journey_text
 from .model import RunData
 
 SCHEMA_VERSION = 1
@@ -98,6 +100,7 @@ def to_gradescope(result: dict) -> dict:
                       "status": "passed" if c["passed"] else "failed",
                       "output": "\n".join(lines), "visibility": "visible"})
     out = [f"verdict: {result['verdict']}"] if result.get("verdict") else []
+    out.append(journey_text(journey_from_result(result)))
     out.append(render_table(result["trace_table"]))
     return {"score": result["score"], "output": "\n".join(out), "visibility": "visible",
             "stdout_visibility": "hidden", "tests": tests}
@@ -137,6 +140,7 @@ def render_text(result: dict) -> str:
         if p["status"] in ("failed", "timeout"):
             lines.append(f"  {p['name']} {p['status']}: {p['detail']}")
     lines.append("")
+    lines.append(journey_text(journey_from_result(result)))
     lines.append(f"the message's journey ({result['copies']} copies, "
                  f"{result['bytes_held']} bytes held in 3 buffers):")
     lines.append(render_table(result["trace_table"]))

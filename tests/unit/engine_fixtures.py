@@ -85,6 +85,7 @@ def good_run(**over) -> RunData:
     run.trace_text = trace_text()
     run.taint_before = 0
     run.taint_after = 4096 | 8192
+    run.environment.update(kernel_release=run.profile.release, arch=run.profile.arch)  # as verify records them
     for k, v in over.items():
         setattr(run, k, v)
     return run

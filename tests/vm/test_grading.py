@@ -13,6 +13,7 @@ sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 
 from lab1_submissions import make_submission  # noqa: E402
 
+from grader.engine.journey import journey_from_result  # noqa: E402
 from grader.engine.labspec import load_lab  # noqa: E402
 from grader.engine.run import grade  # noqa: E402
 from grader.vm.qemu import DEFAULT_QEMU_USER  # noqa: E402
@@ -55,6 +56,10 @@ def test_solution_full_marks(lab, lab_vm, tmp_path):
     assert len(rows) == 7
     assert result["copies"] == 2 and result["bytes_held"] == 48
     assert result["environment"]["kernel_release"] == "6.1.0-50-amd64"
+    # the journey picture finds all three buffers, each in its half of the address space
+    journey = journey_from_result(result)
+    assert [p.region for p in journey.places] == ["user", "kernel", "user"]
+    assert journey.missing == [] and journey.wrong == [] and journey.split_from == "6.1.0-50-amd64"
     assert result["environment"]["qemu"]["sandbox"] is True   # graded under the seccomp sandbox
     if os.geteuid() == 0:
         assert result["environment"]["qemu"]["user"] == os.environ.get("COPYLAB_QEMU_USER", DEFAULT_QEMU_USER)

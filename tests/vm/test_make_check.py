@@ -36,6 +36,10 @@ def test_make_check_in_the_vm_passes_with_the_solution(lab_vm, admin_ssh, golden
         assert "[COPY1]" in r.stdout and "[COPY4]" in r.stdout
         # the trace table with this run's addresses
         assert "copy #1 _copy_from_iter" in r.stdout and "0xffff" in r.stdout
+        # the journey picture: the skb in the kernel half, both buffers in the user half
+        picture = r.stdout.split("the journey: 48 bytes in 3 places", 1)[1].split("\n\n", 1)[0]
+        assert re.search(r"^kernel half +0xffff[0-9a-f]{12}$", picture, re.M), picture
+        assert re.search(r"^user half +0x0000[0-9a-f]{12} +0x0000[0-9a-f]{12}$", picture, re.M), picture
     finally:
         lab_vm.release(dirty=True)
 

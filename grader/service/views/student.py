@@ -1,5 +1,5 @@
-"""What a student sees: their labs, upload, their submissions with every check and the trace table,
-their artifacts, and API tokens for `make handin`."""
+"""What a student sees: their labs, upload, their submissions with every check, the journey picture
+and the trace table, their artifacts, and API tokens for `make handin`."""
 from __future__ import annotations
 
 import datetime as dt
@@ -7,6 +7,9 @@ import secrets
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
+from markupsafe import Markup
+
+from grader.engine.journey import journey_from_result, render_svg
 
 from .. import jobs
 from ..gradebook import row_for
@@ -88,8 +91,12 @@ def submission(submission_id: int):
         from ..policy import lateness
 
         late = lateness(sub.assignment, sub.user_id, sub.created_at)
+    journey = None
+    if result is not None:
+        # the engine escapes every text of the result it draws (render_svg), so the SVG is markup
+        journey = Markup(render_svg(journey_from_result(result.data)))
     return render_template("submission.html", sub=sub, result=result, data=result.data if result else None,
-                           active=active, last_job=last_job, late=late)
+                           active=active, last_job=last_job, late=late, journey_svg=journey)
 
 
 @bp.route("/submissions/<int:submission_id>/artifacts/<name>")
