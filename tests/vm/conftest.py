@@ -25,9 +25,9 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "/tests/vm/" in str(item.fspath):
             item.add_marker(pytest.mark.vm)
-    # the arm64 tests last: `make test` builds their image in the background meanwhile, and xdist
-    # hands tests out in this order (a worker waiting for the image early would hold back its queue)
-    items.sort(key=lambda item: item.fspath.basename == "test_arm64.py")
+    # the arm64 and Debian 13 tests last: `make test` builds their images in the background meanwhile,
+    # and xdist hands tests out in this order (a worker waiting for an image early would hold back its queue)
+    items.sort(key=lambda item: item.fspath.basename in ("test_kernel_6_12.py", "test_arm64.py"))
 
 
 class Reporter:
@@ -62,7 +62,7 @@ def run_builder(progress, *args: str, env: dict | None = None) -> subprocess.Com
 @pytest.fixture(scope="session")
 def golden_build(progress) -> tuple[Path, bool]:
     """(golden image folder, whether this session built it from nothing)."""
-    r = run_builder(progress, "--stage", "golden")
+    r = run_builder(progress, "--suite", "bookworm", "--stage", "golden")
     assert r.returncode == 0, f"image build failed:\n{r.stdout[-4000:]}"
     path = Path(r.stdout.strip().splitlines()[-1].split("image: ", 1)[-1])
     assert (path / "manifest.json").exists(), r.stdout
