@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,43 @@ def run_builder(progress, *args: str, env: dict | None = None) -> subprocess.Com
         progress(line.rstrip())
     proc.wait()
     return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), "")
+
+
+def built_golden(progress, *args: str) -> Path:
+    """The golden image folder the builder prints for these arguments (built or taken from the cache)."""
+    r = run_builder(progress, *args)
+    assert r.returncode == 0, f"image build ({' '.join(args)}) failed:\n{r.stdout[-4000:]}"
+    return Path(r.stdout.strip().splitlines()[-1].split("image: ", 1)[-1])
+
+
+@contextmanager
+def booted_vm(golden: Path, progress, workdir: Path, name: str, boot_timeout: float = 420):
+    """A QemuLabVM of another image than the shared one, prepared, closed at the end."""
+    from grader.vm.labvm import QemuLabVM
+
+    vm = QemuLabVM(golden=golden, workdir=workdir, name=name, progress=progress, boot_timeout=boot_timeout)
+    vm.prepare()
+    yield vm
+    vm.close()
+    assert not vm.vm.running()
+
+
+def solution_full_marks(vm, tmp_path: Path, release: str, arch: str) -> dict:
+    """Lab 1's solution graded on vm: full marks on the expected kernel; returns the result."""
+    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+    from lab1_submissions import make_submission
+
+    from grader.engine.labspec import load_lab
+    from grader.engine.run import grade
+
+    sub = make_submission("solution", tmp_path / "solution")
+    result = grade(load_lab("lab1"), vm, sub, tmp_path / "out").result
+    failed = {c["name"]: c["evidence"] for c in result["checks"] if not c["passed"]}
+    assert result["score"] == result["max_score"] == 100, f"failed: {failed}\nphases: {result['phases']}"
+    env = result["environment"]
+    assert env["kernel_release"] == release and env["arch"] == arch
+    assert result["copies"] == 2 and result["bytes_held"] == 48
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -3,27 +3,18 @@ from the same ansible definition and image builder (`--suite trixie`), every fac
 holds on the running kernel, and lab 1's solution gets full marks there through its ITER_UBUF path.
 
 Everything here runs on one xdist worker (group "trixie") with ONE Debian 13 VM. `make test` builds its
-image in the background while the Debian 12 tests run (cold cache: about 12 minutes here under TCG).
+image in the background while the Debian 12 tests run (cold cache: 17 minutes here under TCG).
 """
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
-
-from lab1_submissions import make_submission  # noqa: E402
-
-from grader.engine.labspec import load_lab  # noqa: E402
-from grader.engine.run import grade  # noqa: E402
-
-from tests.vm.conftest import run_builder  # noqa: E402
-from tests.vm.kernel_facts import profile_mismatches  # noqa: E402
+from tests.vm.conftest import booted_vm, built_golden, solution_full_marks
+from tests.vm.kernel_facts import profile_mismatches
 
 pytestmark = [pytest.mark.xdist_group("trixie"), pytest.mark.vm]
 
@@ -35,10 +26,8 @@ PACKAGE_VERSION = "6.12.117-1"
 @pytest.fixture(scope="module")
 def trixie_golden(progress) -> Path:
     progress("Debian 13 golden image: built from the same ansible definition (cold cache: about "
-             "12 min under TCG), else taken from the cache")
-    r = run_builder(progress, "--suite", SUITE, "--stage", "golden")
-    assert r.returncode == 0, f"Debian 13 image build failed:\n{r.stdout[-4000:]}"
-    path = Path(r.stdout.strip().splitlines()[-1].split("image: ", 1)[-1])
+             "17 min under TCG on a busy machine), else taken from the cache")
+    path = built_golden(progress, "--suite", SUITE, "--stage", "golden")
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["suite"] == SUITE and manifest["kernel_release"] == RELEASE
     return path
@@ -46,14 +35,8 @@ def trixie_golden(progress) -> Path:
 
 @pytest.fixture(scope="module")
 def trixie_vm(trixie_golden, progress, tmp_path_factory):
-    from grader.vm.labvm import QemuLabVM
-
-    vm = QemuLabVM(golden=trixie_golden, workdir=tmp_path_factory.mktemp("trixievm"), name="trixie",
-                   progress=progress, boot_timeout=420)
-    vm.prepare()
-    yield vm
-    vm.close()
-    assert not vm.vm.running()
+    with booted_vm(trixie_golden, progress, tmp_path_factory.mktemp("trixievm"), "trixie") as vm:
+        yield vm
 
 
 @pytest.fixture
@@ -96,14 +79,7 @@ def test_the_6_12_profile_holds_on_the_running_kernel(admin):
 
 
 def test_solution_gets_full_marks_on_6_12_through_iter_ubuf(trixie_vm, tmp_path):
-    lab = load_lab("lab1")
-    sub = make_submission("solution", tmp_path / "solution")
-    result = grade(lab, trixie_vm, sub, tmp_path / "out").result
-    failed = {c["name"]: c["evidence"] for c in result["checks"] if not c["passed"]}
-    assert result["score"] == result["max_score"] == 100, f"failed: {failed}\nphases: {result['phases']}"
-    env = result["environment"]
-    assert env["kernel_release"] == RELEASE and env["arch"] == "x86_64"
-    assert result["copies"] == 2 and result["bytes_held"] == 48
+    result = solution_full_marks(trixie_vm, tmp_path, RELEASE, "x86_64")
     # the records' user addresses are the programs' own buffers (copy1_record, copy4_record) and agree
     # with the independent trace: on 6.12 a single buffer is ITER_UBUF, so only the solution's
     # iter->ubuf branch can have produced them
