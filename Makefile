@@ -12,6 +12,9 @@ KIT_DIR ?= build/copylab-kit
 # lab VM architecture of `make image` / `make box`: amd64, or arm64 (the Apple Silicon box; built on
 # any host, under emulation on x86_64)
 COPYLAB_ARCH ?= amd64
+# Debian release of `make image` / `make box` / `make demo`: bookworm (Debian 12, kernel 6.1) or trixie
+# (Debian 13, kernel 6.12)
+COPYLAB_SUITE ?= bookworm
 QEMU_USER ?= $(or $(COPYLAB_QEMU_USER),copylab-qemu)
 
 .PHONY: help deps apt-deps qemu-account venv image box demo test test-fast bench faults lint kit clean-cache
@@ -53,22 +56,24 @@ $(VENV)/.installed: requirements.txt
 	@touch $@
 
 image: deps
-	$(SUDO) env PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) provision/image/build_image.py --arch $(COPYLAB_ARCH) --stage golden
+	$(SUDO) env PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) provision/image/build_image.py --arch $(COPYLAB_ARCH) --suite $(COPYLAB_SUITE) --stage golden
 
 box: deps
-	$(SUDO) env PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) provision/image/build_image.py --arch $(COPYLAB_ARCH) --stage box
+	$(SUDO) env PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) provision/image/build_image.py --arch $(COPYLAB_ARCH) --suite $(COPYLAB_SUITE) --stage box
 
 demo: image
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grader demo
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" COPYLAB_SUITE=$(COPYLAB_SUITE) $(PY) -m grader demo
 
 # The golden image is built (or found in the cache) first, with its progress on the terminal, while
-# the arm64 image (tests/vm/test_arm64.py) builds beside it; the suite then runs on two workers, each
-# with ONE lab VM shared by its tests through snapshot restore (the arm64 tests wait for their image).
+# the arm64 image (tests/vm/test_arm64.py) and the Debian 13 image (tests/vm/test_kernel_6_12.py) build
+# beside it; the suite then runs on two workers, each with ONE lab VM shared by its tests through
+# snapshot restore (the arm64 and Debian 13 tests wait for their images).
 test: deps
 	@date +%s > .test-session-start
-	@mkdir -p build && echo "arm64 image: building in the background (log: build/image-arm64.log)"
-	@($(MAKE) --no-print-directory image COPYLAB_ARCH=arm64 > build/image-arm64.log 2>&1 &)
-	$(MAKE) --no-print-directory image COPYLAB_ARCH=amd64
+	@mkdir -p build && echo "arm64 and Debian 13 images: building in the background (logs: build/image-arm64.log, build/image-trixie.log)"
+	@($(MAKE) --no-print-directory image COPYLAB_ARCH=arm64 COPYLAB_SUITE=bookworm > build/image-arm64.log 2>&1 &)
+	@($(MAKE) --no-print-directory image COPYLAB_ARCH=amd64 COPYLAB_SUITE=trixie > build/image-trixie.log 2>&1 &)
+	$(MAKE) --no-print-directory image COPYLAB_ARCH=amd64 COPYLAB_SUITE=bookworm
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" COPYLAB_SESSION_START=$$(cat .test-session-start) \
 	  $(PYTEST) -ra -n 2 --dist loadgroup
 

@@ -85,7 +85,8 @@ def export_kit_command(args) -> int:
     from grader.kit import export_kit
 
     try:
-        kit = export_kit(REPO, Path(args.dest), fmt=args.format, force=args.force, progress=_progress)
+        kit = export_kit(REPO, Path(args.dest), fmt=args.format, force=args.force, progress=_progress,
+                         suite=args.suite)
     except OSError as e:
         raise GraderError(str(e)) from e
     print(kit)
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--format", choices=("dir", "tar", "git"), default="dir",
                    help="a folder (default), a reproducible .tar.gz, or a folder that is a git repository")
     k.add_argument("--force", action="store_true", help="replace DEST when it exists and is not empty")
+    k.add_argument("--suite", choices=("bookworm", "trixie"),
+                   help="the course's Debian release: bookworm (12, kernel 6.1; the default) or trixie (13, 6.12)")
     args = ap.parse_args(argv)
     command, verb = COMMANDS[args.cmd]
     try:

@@ -83,7 +83,9 @@ __pycache__/
 """
 
 # the kit's Vagrantfile settings: the student's work folder (created by the Vagrantfile) is the VM's ~/labs
-VAGRANT_KIT_YML = "# copylab student kit: settings the Vagrantfile reads (vagrant.local.yml overrides them)\nCOPYLAB_WORK_DIR: work\n"
+VAGRANT_KIT_YML = ("# copylab student kit: settings the Vagrantfile reads (vagrant.local.yml overrides them)\n"
+                   "COPYLAB_WORK_DIR: work\nCOPYLAB_SUITE: {suite}\n")
+DEBIAN = {"bookworm": "Debian 12", "trixie": "Debian 13"}
 
 # scan_kit
 MIN_SOLUTION_LINE = 12
@@ -226,25 +228,33 @@ def uncommitted(repo: Path, files: list[str]) -> list[str]:
     return sorted(entry[3:] for entry in proc.stdout.split("\0") if len(entry) > 3 and entry[2] == " ")
 
 
-def kernel_release(repo: Path) -> str | None:
-    """The pinned kernel named by labs/tools/manifest.json (kernel_release, else kernels.x86_64)."""
-    path = repo / MANIFEST
+def _manifest(repo: Path) -> dict:
     try:
-        manifest = json.loads(path.read_text())
+        return json.loads((repo / MANIFEST).read_text())
     except (OSError, ValueError) as e:
         raise GraderError(f"{MANIFEST}: cannot read it: {e}") from e
-    release = manifest.get("kernel_release")
-    if release is None:
-        release = (manifest.get("kernels") or {}).get("x86_64", {}).get("release")
-    return release if isinstance(release, str) and release else None
 
 
-def pinned_kernels(repo: Path) -> dict[str, str]:
-    """`uname -m` -> kernel release, from labs/tools/manifest.json's kernels (kit.json, README)."""
-    try:
-        kernels = json.loads((repo / MANIFEST).read_text()).get("kernels") or {}
-    except (OSError, ValueError) as e:
-        raise GraderError(f"{MANIFEST}: cannot read it: {e}") from e
+def kit_suite(repo: Path, suite: str | None = None) -> str:
+    """The kit's Debian release: `suite` (the course's choice) or manifest.json's default, checked
+    against the releases the manifest pins kernels for."""
+    manifest = _manifest(repo)
+    suite = suite or manifest.get("suite")
+    known = sorted(manifest.get("kernels") or {})
+    if suite not in known:
+        raise GraderError(f"{MANIFEST} pins no kernels for Debian release {suite!r} (it has: {', '.join(known)})")
+    return suite
+
+
+def kernel_release(repo: Path, suite: str | None = None) -> str | None:
+    """The x86_64 kernel pinned for the kit's Debian release (labs/tools/manifest.json)."""
+    return pinned_kernels(repo, suite).get("x86_64")
+
+
+def pinned_kernels(repo: Path, suite: str | None = None) -> dict[str, str]:
+    """`uname -m` -> kernel release pinned for the kit's Debian release (manifest.json suite and
+    kernels; kit.json, README)."""
+    kernels = _manifest(repo)["kernels"][kit_suite(repo, suite)]
     return {arch: pin["release"] for arch, pin in kernels.items()
             if isinstance(pin, dict) and isinstance(pin.get("release"), str)}
 
@@ -255,14 +265,15 @@ def _lab_kernels(repo: Path, labs: list[str]) -> list[str]:
     for lab in labs:
         with open(repo / "labs" / lab / "lab.toml", "rb") as f:
             run = tomllib.load(f).get("run", {})
-        for kernel in [run.get("kernel"), *(run.get("kernels") or {}).values()]:
+        listed = run.get("kernels") or []
+        for kernel in [run.get("kernel"), *(listed.values() if isinstance(listed, dict) else listed)]:
             if kernel:
                 kernels.add(kernel)
     return sorted(kernels)
 
 
 def render_readme(repo: Path, labs: list[str], kernel: str | None,
-                  others: list[str] = ()) -> str:
+                  others: list[str] = (), suite: str = "bookworm") -> str:
     """The student README: grader/kit_readme.md with {labs}, {first_lab} and {kernel} filled in
     (the kit's kernel, then the other architectures' pins, named for arm64 computers)."""
     if kernel:
@@ -274,6 +285,7 @@ def render_readme(repo: Path, labs: list[str], kernel: str | None,
         "labs": ", ".join(labs),
         "first_lab": labs[0] if labs else "lab1",
         "kernel": shown,
+        "debian": DEBIAN.get(suite, f"Debian {suite}"),
     }
     text = README_TEMPLATE.read_text()
     for key, value in values.items():
@@ -324,18 +336,24 @@ def _kit_tree(kit: Path) -> tuple[list[str], list[str], list[str]]:
     return sorted(dirs), sorted(files), sorted(links)
 
 
-def build_kit(repo: Path, kit: Path, files: list[str], commit: str | None) -> dict:
-    """Copy files into kit, add the made files and write kit.json last; returns kit.json's content."""
+def build_kit(repo: Path, kit: Path, files: list[str], commit: str | None, suite: str | None = None) -> dict:
+    """Copy files into kit, add the made files and write kit.json last; returns kit.json's content.
+    suite: the course's Debian release (default manifest.json's), recorded for the Vagrantfile (its
+    box) and for `lab doctor` (the kit's manifest)."""
+    suite = kit_suite(repo, suite)
     for rel in files:
         _copy(repo / rel, kit / rel)
+    manifest = _manifest(repo)
+    if manifest["suite"] != suite:
+        _write(kit / MANIFEST, json.dumps({**manifest, "suite": suite}, indent=2) + "\n")
     labs = find_labs(repo)
-    kernel = kernel_release(repo)
-    pins = pinned_kernels(repo)
+    kernel = kernel_release(repo, suite)
+    pins = pinned_kernels(repo, suite)
     _copy(repo / HOST_ENTRY, kit / "lab", mode=0o755)
-    _write(kit / "README.md", render_readme(repo, labs, kernel, [k for k in pins.values() if k != kernel]))
+    _write(kit / "README.md", render_readme(repo, labs, kernel, [k for k in pins.values() if k != kernel], suite))
     _write(kit / ".gitignore", KIT_GITIGNORE)
-    _write(kit / "vagrant.kit.yml", VAGRANT_KIT_YML)
-    meta: dict = {"copylab_kit": KIT_FORMAT, "source_commit": commit, "labs": labs}
+    _write(kit / "vagrant.kit.yml", VAGRANT_KIT_YML.format(suite=suite))
+    meta: dict = {"copylab_kit": KIT_FORMAT, "source_commit": commit, "labs": labs, "suite": suite}
     if kernel:
         meta["kernel_release"] = kernel
     meta["kernels"] = pins
@@ -533,7 +551,7 @@ def _publish(new: Path, dest: Path, work: Path) -> None:
 
 
 def export_kit(repo: Path, dest: Path, fmt: str = "dir", force: bool = False,
-               progress: Progress = print) -> Path:
+               progress: Progress = print, suite: str | None = None) -> Path:
     """Export the student kit of repo to dest as a folder ("dir"), a .tar.gz ("tar") or a folder
     that is a git repository with one commit ("git"); returns dest."""
     repo, dest = Path(repo), Path(dest).absolute()
@@ -550,7 +568,7 @@ def export_kit(repo: Path, dest: Path, fmt: str = "dir", force: bool = False,
     try:
         kit = work / TAR_TOP
         kit.mkdir()
-        meta = build_kit(repo, kit, files, commit)
+        meta = build_kit(repo, kit, files, commit, suite)
         progress(f"built {len(meta['files']) + 1} files (labs: {', '.join(meta['labs'])}); scanning")
         problems = scan_kit(kit, repo)
         if problems:

@@ -55,16 +55,17 @@ class LabSpec:
     checks: list[CheckSpec]
     max_score: int
     raw: dict = field(default_factory=dict, repr=False)
-    # kernel release per `uname -m` for lab VMs of other architectures; `kernel` is the default
-    kernels: dict[str, str] = field(default_factory=dict)
+    # every kernel release (grader/profiles/<release>.toml) the lab runs on besides `kernel`, the
+    # default profile taken until the VM says which kernel it runs
+    kernels: list[str] = field(default_factory=list)
     # sources of evidence from outside the guest (grader/engine/hostevidence.py) the lab asks for;
     # those in host_evidence_required fail the verify phase when the VM cannot offer them
     host_evidence: list[str] = field(default_factory=list)
     host_evidence_required: list[str] = field(default_factory=list)
 
-    def kernel_for(self, arch: str | None) -> str:
-        """The kernel release (profile name) a lab VM of this architecture must run."""
-        return self.kernels.get(arch or "", self.kernel)
+    def supported_kernels(self) -> list[str]:
+        """The kernel releases a lab VM may run for this lab, the default first."""
+        return list(dict.fromkeys([self.kernel, *self.kernels]))
 
     def timeout(self, phase: str) -> float:
         return float(self.timeouts[phase])
@@ -76,12 +77,17 @@ class LabSpec:
         raise KeyError(name)
 
 
-def _kernels(run: dict, where: str) -> dict[str, str]:
-    kernels = _get(run, "kernels", dict, f"{where} [run]", {})
-    for arch, release in kernels.items():
+def _kernels(run: dict, where: str) -> list[str]:
+    """[run] kernels: a list of releases, or a table naming one release per `uname -m`."""
+    kernels = run.get("kernels", [])
+    if isinstance(kernels, dict):
+        kernels = list(kernels.values())
+    if not isinstance(kernels, list):
+        raise LabSpecError(f"{where}: [run] kernels must be a list of kernel releases")
+    for release in kernels:
         if not isinstance(release, str) or not re.fullmatch(r"[0-9][A-Za-z0-9.+_-]*", release):
-            raise LabSpecError(f"{where}: [run] kernels.{arch} must be a kernel release string")
-    return dict(kernels)
+            raise LabSpecError(f"{where}: [run] kernels: {release!r} is not a kernel release")
+    return kernels
 
 
 def _get(d: dict, key: str, typ, where: str, default=...):

@@ -36,13 +36,10 @@ class KernelProfile:
 
     def placeholders(self) -> dict[str, object]:
         o = self.offsets
-        return {
-            "group": self.trace_group,
-            "msghdr_iov": o["msghdr_msg_iter"] + o["iov_iter_iov"],
-            "msghdr_iov_offset": o["msghdr_msg_iter"] + o["iov_iter_iov_offset"],
-            "skb_data": o["sk_buff_data"],
-            **o,
-        }
+        # every iov_iter field also as its offset in a msghdr (msghdr_iov, msghdr_ubuf, ...)
+        in_msghdr = {"msghdr_" + k.removeprefix("iov_iter_"): o["msghdr_msg_iter"] + v
+                     for k, v in o.items() if k.startswith("iov_iter_")}
+        return {"group": self.trace_group, "skb_data": o["sk_buff_data"], **in_msghdr, **o}
 
     def kprobe_events(self) -> dict[str, str]:
         """Event name -> tracefs ``kprobe_events`` line, offsets filled in."""

@@ -252,13 +252,19 @@ class GradingRun:
         release = lines[0] if lines else ""
         self.run.environment["kernel_release"] = release or None
         if len(lines) > 1:
-            self.run.environment["arch"] = lines[1]
-            want = self.lab.kernel_for(lines[1])
-            if not self._profile_given and want != self.profile.release:
+            machine = self.run.environment["arch"] = lines[1]
+            supported = ", ".join(self.lab.supported_kernels())
+            if not self._profile_given and release != self.profile.release:
+                if release not in self.lab.supported_kernels():
+                    raise PhaseFailed("failed", f"the VM runs kernel {release!r} ({machine}); lab "
+                                                f"{self.lab.id} runs on {supported}")
                 try:
-                    self.profile = self.run.profile = load_profile(want)
+                    self.profile = self.run.profile = load_profile(release)
                 except Exception as e:  # noqa: BLE001 - a missing or broken profile is the grader's
-                    raise PhaseFailed("failed", f"no usable kernel profile {want!r} for a {lines[1]} VM: {e}")
+                    raise PhaseFailed("failed", f"no usable kernel profile {release!r} for a {machine} VM: {e}")
+            if self.profile.arch != machine:
+                raise PhaseFailed("failed", f"the VM is {machine} but kernel profile {self.profile.release!r} "
+                                            f"is for {self.profile.arch}; lab {self.lab.id} runs on {supported}")
         if release != self.profile.release:
             raise PhaseFailed("failed", f"VM runs kernel {release!r}, the profile is for "
                                         f"{self.profile.release!r}")

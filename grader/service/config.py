@@ -95,7 +95,8 @@ class Defaults:
     PRIORITY_REGRADE = 10
     WORKER_NAME = None                      # default: <hostname>-<instance hash>; one worker process per name
     POOL_QEMU_VMS = 1                       # QEMU lab VMs from the golden image in this worker's pool
-    POOL_GOLDEN = None                      # golden image folder (default: newest in the image cache)
+    POOL_GOLDEN = None                      # golden image folder (default: newest of POOL_SUITE in the image cache)
+    POOL_SUITE = "bookworm"                 # the cohort's lab VMs: Debian 12 "bookworm" (kernel 6.1) or 13 "trixie" (6.12)
     POOL_HOSTS = []                         # inventory hosts: [{"host", "port", "key", "known_hosts", "user"}]
     POOL_VM_DIR = "vms"                     # per-VM overlays and pinned host keys (inside the instance folder)
     POOL_QEMU_USER = "copylab-qemu"         # account QEMU runs as when the worker is root (`make deps` creates

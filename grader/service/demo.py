@@ -46,7 +46,8 @@ def main(instance: Path | None = None, port: int | None = None) -> int:
     if instance.exists():
         shutil.rmtree(instance)
     make_dir(instance)
-    golden = find_golden()
+    # `make demo COPYLAB_SUITE=trixie`: the Debian 13 (kernel 6.12) image `make image` just built
+    golden = find_golden(suite=os.environ.get("COPYLAB_SUITE") or None)
     write_text(instance / "config.py",
                "# written by `make demo`: a random secret for this demo instance only\n"
                f"SECRET_KEY = {secrets.token_urlsafe(48)!r}\nPOOL_GOLDEN = {str(golden)!r}\nPOOL_QEMU_VMS = 1\n")

@@ -127,14 +127,15 @@ def check_qemu_account(config: dict, instance_path: str | Path | None):
 
 
 def pool_from_config(config: dict, progress=None, instance_path: str | Path | None = None) -> VMPool:
-    """QEMU VMs (POOL_QEMU_VMS of them, from POOL_GOLDEN or the newest cached golden image, as
+    """QEMU VMs (POOL_QEMU_VMS of them, from POOL_GOLDEN or the newest cached golden image of POOL_SUITE, as
     POOL_QEMU_USER, checked against the instance at ``instance_path``) and inventory hosts (POOL_HOSTS)."""
     from grader.vm.labvm import QemuLabVM, StaticHostVM, find_golden
 
     slots: list[Slot] = []
     n = int(config.get("POOL_QEMU_VMS") or 0)
     if n:
-        golden = Path(config["POOL_GOLDEN"]) if config.get("POOL_GOLDEN") else find_golden()
+        golden = Path(config["POOL_GOLDEN"]) if config.get("POOL_GOLDEN") else \
+            find_golden(suite=config.get("POOL_SUITE"))
         vmdir = Path(config["POOL_VM_DIR"])
         account = check_qemu_account(config, instance_path)
         for i in range(n):

@@ -27,13 +27,25 @@ def default_cache() -> Path:
     return Path(os.environ.get("COPYLAB_CACHE", Path.home() / ".cache" / "copylab")) / "images"
 
 
-def find_golden(arch: str = "amd64", cache: Path | None = None) -> Path:
-    """The newest golden image folder in the cache (built by `make image`)."""
+DEFAULT_SUITE = "bookworm"
+
+
+def image_suite(golden: Path) -> str:
+    """The Debian release of a golden image (images built before the builder recorded it: bookworm)."""
+    return json.loads((golden / "manifest.json").read_text()).get("suite", DEFAULT_SUITE)
+
+
+def find_golden(arch: str = "amd64", cache: Path | None = None, suite: str | None = None) -> Path:
+    """The newest golden image folder of a Debian release (default bookworm) in the cache (built by
+    `make image`, `make image COPYLAB_SUITE=trixie`)."""
     cache = cache or default_cache()
-    found = sorted((p for p in cache.glob(f"golden-{arch}-*") if (p / "manifest.json").exists()),
+    suite = suite or DEFAULT_SUITE
+    found = sorted((p for p in cache.glob(f"golden-{arch}-*") if (p / "manifest.json").exists()
+                    and image_suite(p) == suite),
                    key=lambda p: (p / "manifest.json").stat().st_mtime)
     if not found:
-        raise VMError(f"no golden lab-VM image in {cache}: build it with `make image`")
+        raise VMError(f"no {suite} golden lab-VM image ({arch}) in {cache}: build it with "
+                      f"`make image COPYLAB_SUITE={suite}`")
     return found[-1]
 
 

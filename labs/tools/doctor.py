@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -78,6 +79,12 @@ def read(path: str | Path) -> str | None:
 
 
 # ------------------------------------------------------------------------------------ in the VM
+def debian_suite() -> str | None:
+    """The Debian release codename (bookworm, trixie) from /etc/os-release."""
+    m = re.search(r"^VERSION_CODENAME=\"?([a-z]+)", read("/etc/os-release") or "", re.M)
+    return m.group(1) if m else None
+
+
 def dpkg_version(package: str) -> str | None:
     rc, out, _ = run(["dpkg-query", "-W", "-f=${Status}|${Version}", package])
     status, _, version = out.partition("|")
@@ -144,6 +151,7 @@ def vm_facts(manifest: dict) -> dict:
     return {
         "user": pwd.getpwuid(os.geteuid()).pw_name,
         "arch": platform.machine(),
+        "suite": debian_suite(),
         "release": rel,
         "version": os.uname().version,
         "headers_dir": str(build) if build.is_dir() else None,
@@ -173,10 +181,21 @@ def _kernel_fix(want: str, pkg: str) -> str:
 def evaluate_vm(f: dict, m: dict) -> list[Finding]:
     """The findings for one set of VM facts (pure: unit-tested on fact dictionaries)."""
     out: list[Finding] = []
-    pin = m["kernels"].get(f["arch"])
+    suite = f.get("suite") or m["suite"]
+    pins = m["kernels"].get(suite)
+    if pins is None:
+        return [fail("debian release", f"this VM runs Debian {suite}; the kit pins kernels for "
+                     f"{', '.join(sorted(m['kernels']))}", "use the lab VM the kit's Vagrantfile brings up")]
+    if suite == m["suite"]:
+        out.append(ok("debian release", suite))
+    else:
+        out.append(warn("debian release", f"{suite}, while this kit's course runs {m['suite']}: the labs "
+                        f"run on both, but grading happens on {m['suite']}",
+                        "use the lab VM the kit's Vagrantfile brings up (vagrant destroy && vagrant up)"))
+    pin = pins.get(f["arch"])
     if not pin:
-        return [fail("architecture", f"this kit pins no kernel for {f['arch']} (it has: "
-                     f"{', '.join(sorted(m['kernels']))})", "use the lab VM the kit's Vagrantfile brings up")]
+        return out + [fail("architecture", f"this kit pins no {suite} kernel for {f['arch']} (it has: "
+                           f"{', '.join(sorted(pins))})", "use the lab VM the kit's Vagrantfile brings up")]
     want, pkg = pin["release"], pin["package_version"]
     out.append(ok("architecture", f["arch"]))
     rel = f["release"]

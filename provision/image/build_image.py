@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Build the copylab golden lab-VM image, offline but for the apt archive.
 
-  base   : debootstrap a minimal Debian 12 with the pinned kernel, sshd and python3 into a qcow2
+  base   : debootstrap a minimal Debian (12 "bookworm" or 13 "trixie": --suite / $COPYLAB_SUITE) with
+           the pinned kernel, sshd and python3 into a qcow2
            (no loop mounts: mkfs.ext4 -d), plus the kernel and initrd for direct kernel boot.
   golden : boot an overlay of the base under QEMU, run provision/site.yml against it (the ONE
            ansible definition), reset per-VM identity (host keys, machine-id), power off.
@@ -32,8 +33,14 @@ sys.path.insert(0, str(REPO))
 from grader.vm.qemu import ImageSpec, QemuVM  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_RELEASE = {"amd64": "6.1.0-50-amd64", "arm64": "6.1.0-50-arm64"}
-SUITE = "bookworm"
+# The Debian releases a lab VM can be: per architecture the pinned kernel release (`uname -r`), and
+# the compiler package the kernel headers build modules with (the build root must carry it). The
+# role copylab_kernel holds the same pins (defaults/main.yml) with their package versions.
+SUITES = {
+    "bookworm": {"kernel": {"amd64": "6.1.0-50-amd64", "arm64": "6.1.0-50-arm64"}, "gcc": "gcc-12"},
+    "trixie": {"kernel": {"amd64": "6.12.117+deb13-amd64"}, "gcc": "gcc-14"},
+}
+DEFAULT_SUITE = "bookworm"
 CMDLINE = {
     # oops=panic + panic=-1 + QEMU -no-reboot: every kernel oops ends QEMU at once (crash detection)
     "amd64": "root=/dev/vda rw console=ttyS0,115200 net.ifnames=0 oops=panic panic=-1 quiet",
@@ -116,7 +123,7 @@ def ensure_binfmt(arch: str) -> None:
 
 
 def read_packages() -> list[str]:
-    lines = (HERE / "packages-bookworm.txt").read_text().splitlines()
+    lines = (HERE / "packages.txt").read_text().splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
@@ -130,9 +137,9 @@ def tree_digest(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def base_key(arch: str, release: str) -> str:
+def base_key(suite: str, arch: str, release: str) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"arch": arch, "release": release, "suite": SUITE, "packages": read_packages(),
+    h.update(json.dumps({"arch": arch, "release": release, "suite": suite, "packages": read_packages(),
                          "cmdline": CMDLINE[arch]}).encode())
     # the recipe of this stage only (not the whole script): editing the golden stage keeps the base
     h.update("".join(inspect.getsource(f) for f in (build_base, configure_rootfs)).encode())
@@ -191,7 +198,7 @@ class Stage:
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log(f"another build of {self.path.name} is running (make test starts the arm64 one early); "
+            log(f"another build of {self.path.name} is running (make test starts the arm64 and Debian 13 ones early); "
                 f"waiting for it")
             t0 = time.monotonic()
             fcntl.flock(self._lock, fcntl.LOCK_EX)
@@ -212,8 +219,8 @@ class Stage:
         self._lock.close()
 
 
-def build_base(arch: str, release: str, disk_gb: int = 8) -> Path:
-    key = base_key(arch, release)
+def build_base(suite: str, arch: str, release: str, disk_gb: int = 8) -> Path:
+    key = base_key(suite, arch, release)
     stage = Stage(cache_root() / f"base-{arch}-{release}-{key}")
     with stage:
         if stage.ready():
@@ -224,7 +231,7 @@ def build_base(arch: str, release: str, disk_gb: int = 8) -> Path:
         rootfs = out / "rootfs"
         mirror, security = host_apt_mirrors()
         pkgs = read_packages() + [f"linux-image-{release}", f"linux-headers-{release}"]
-        log(f"debootstrap {SUITE} ({arch}, kernel {release}, {len(pkgs)} packages) from the host's apt "
+        log(f"debootstrap {suite} ({arch}, kernel {release}, {len(pkgs)} packages) from the host's apt "
             f"mirror; this takes 2-4 minutes natively, 6-10 under emulation")
         foreign = arch != host_arch()
         if foreign:
@@ -232,7 +239,7 @@ def build_base(arch: str, release: str, disk_gb: int = 8) -> Path:
         # two stages: the initramfs configuration goes in between, so the kernel's postinst builds the
         # small initrd once (MODULES=list) instead of the default one (minutes under emulation)
         cmd = ["debootstrap", "--foreign", "--variant=minbase", f"--arch={arch}",
-               "--include=" + ",".join(pkgs), "--components=main", SUITE, str(rootfs), mirror]
+               "--include=" + ",".join(pkgs), "--components=main", suite, str(rootfs), mirror]
         with open(out / "debootstrap.log", "w") as dlog:
             try:
                 sh(cmd, "debootstrap (first stage)", timeout=2400, stdout=dlog, stderr=subprocess.STDOUT)
@@ -247,8 +254,10 @@ def build_base(arch: str, release: str, disk_gb: int = 8) -> Path:
             except BuildError as e:
                 tail = (out / "debootstrap.log").read_text(errors="replace")[-1500:]
                 if f"linux-image-{release}" in tail and ("Couldn't find" in tail or "not found" in tail):
-                    raise BuildError(f"kernel release {release} is not in {SUITE} on the configured mirror; "
-                                     f"set COPYLAB_KERNEL_RELEASE to one it has") from e
+                    raise BuildError(f"kernel release {release} is not in {suite} on the configured mirror "
+                                     f"(linux-image-{release} not found): set COPYLAB_KERNEL_RELEASE "
+                                     f"to one it has, and pin it in SUITES and the copylab_kernel role"
+                                     ) from e
                 # the second stage writes its details (dpkg's errors) inside the root file system
                 inner = rootfs / "debootstrap" / "debootstrap.log"
                 if inner.exists():
@@ -257,7 +266,7 @@ def build_base(arch: str, release: str, disk_gb: int = 8) -> Path:
                 raise BuildError(f"{e}\n--- debootstrap.log (tail) ---\n{tail}") from e
         t_boot = time.monotonic()
         log(f"debootstrap done in {t_boot - t0:.0f}s; configuring the root file system")
-        configure_rootfs(rootfs, arch, mirror, security, out)
+        configure_rootfs(rootfs, suite, mirror, security, out)
         boot = rootfs / "boot"
         kernel = out / f"vmlinuz-{release}"
         initrd = out / f"initrd.img-{release}"
@@ -279,7 +288,7 @@ def build_base(arch: str, release: str, disk_gb: int = 8) -> Path:
         remove_build_dir(rootfs)
         manifest = {
             "stage": "base", "key": key, "arch": arch, "qemu_arch": QEMU_ARCH[arch],
-            "kernel_release": release, "suite": SUITE, "disk": "base.qcow2",
+            "kernel_release": release, "suite": suite, "disk": "base.qcow2",
             "kernel": kernel.name, "initrd": initrd.name, "cmdline": CMDLINE[arch],
             "admin_user": "copylab", "admin_key": "admin_ed25519",
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -290,7 +299,7 @@ def build_base(arch: str, release: str, disk_gb: int = 8) -> Path:
         return stage.path
 
 
-def configure_rootfs(rootfs: Path, arch: str, mirror: str, security: str | None, out: Path) -> None:
+def configure_rootfs(rootfs: Path, suite: str, mirror: str, security: str | None, out: Path) -> None:
     """Identity-free configuration: network by DHCP, sshd, the admin account, first-boot host keys."""
     def write(rel: str, text: str, mode: int = 0o644) -> None:
         p = rootfs / rel.lstrip("/")
@@ -306,9 +315,9 @@ def configure_rootfs(rootfs: Path, arch: str, mirror: str, security: str | None,
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(f, dest)
 
-    sources = f"deb {mirror} {SUITE} main\ndeb {mirror} {SUITE}-updates main\n"
+    sources = f"deb {mirror} {suite} main\ndeb {mirror} {suite}-updates main\n"
     if security:
-        sources += f"deb {security} {SUITE}-security main\n"
+        sources += f"deb {security} {suite}-security main\n"
     write("/etc/apt/sources.list", sources)
     write("/etc/hostname", "copylab\n")
     write("/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 copylab\n::1 localhost ip6-localhost\n")
@@ -396,6 +405,7 @@ def build_golden(arch: str, release: str, base: Path) -> Path:
         shutil.rmtree(out / "vm")
         manifest = {
             "stage": "golden", "key": key, "base": str(base), "base_key": bm["key"], "arch": arch,
+            "suite": bm["suite"],
             "qemu_arch": QEMU_ARCH[arch], "kernel_release": release, "disk": "golden.qcow2",
             "kernel_path": str(base / bm["kernel"]), "initrd_path": str(base / bm["initrd"]),
             "cmdline": bm["cmdline"], "admin_user": "copylab", "admin_key_path": str(base / bm["admin_key"]),
@@ -415,7 +425,8 @@ BUILDROOT_DUMP = ["/usr", "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.c
 # what the module and program builds never read: the kernel's own modules, documentation, locales
 BUILDROOT_PRUNE = ["usr/lib/modules/*/kernel", "usr/share/doc", "usr/share/man", "usr/share/locale",
                    "usr/share/info", "usr/lib/firmware"]
-BUILDROOT_PACKAGES = ["gcc", "gcc-12", "make", "binutils", "libc6-dev"]
+# (and the suite's compiler, SUITES[suite]["gcc"])
+BUILDROOT_PACKAGES = ["gcc", "make", "binutils", "libc6-dev"]
 
 
 def buildroot_key(golden: str) -> str:
@@ -457,8 +468,9 @@ def build_buildroot(arch: str, release: str, golden: Path) -> Path:
                 (tree / link).symlink_to(f"usr/{link}")
         for mountpoint in ("proc", "dev", "tmp", "build"):
             (tree / mountpoint).mkdir()
+        compiler = SUITES[gm.get("suite", DEFAULT_SUITE)]["gcc"]
         versions = dpkg_versions(tree / "var/lib/dpkg/status",
-                                 BUILDROOT_PACKAGES + [f"linux-headers-{release}"])
+                                 BUILDROOT_PACKAGES + [compiler, f"linux-headers-{release}"])
         missing = [p for p, v in versions.items() if v is None]
         if missing or not (tree / f"usr/lib/modules/{release}/build").is_symlink():
             raise BuildError(f"the golden image lacks {missing or ['the kernel build tree']}: "
@@ -555,7 +567,8 @@ def playbook(host: str, port: int, user: str, key: Path, known_hosts: Path, grad
             raise BuildError(f"ansible-playbook took longer than {timeout:.0f}s; see {logfile}")
     output = "".join(lines)
     if proc.returncode != 0:
-        failed = [ln.strip() for ln in lines if ln.startswith(("fatal:", "failed:")) or '"msg":' in ln]
+        failed = [ln.strip() for ln in lines
+                  if ln.startswith(("fatal:", "failed:", "[ERROR]", "ERROR!")) or '"msg":' in ln]
         raise PlaybookFailed(f"provisioning failed (ansible exit {proc.returncode}): "
                          f"{' | '.join(failed[-3:]) or 'see log'}; full log: {logfile}")
     return output
@@ -592,17 +605,24 @@ def export_box(golden: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default=os.environ.get("COPYLAB_ARCH", "amd64"), choices=sorted(CMDLINE))
-    ap.add_argument("--kernel-release", default=os.environ.get("COPYLAB_KERNEL_RELEASE"))
+    ap.add_argument("--suite", default=os.environ.get("COPYLAB_SUITE", DEFAULT_SUITE), choices=sorted(SUITES),
+                    help="Debian release of the lab VM (default %(default)s; env COPYLAB_SUITE)")
+    ap.add_argument("--kernel-release", default=os.environ.get("COPYLAB_KERNEL_RELEASE"),
+                    help="kernel release to pin instead of the suite's (env COPYLAB_KERNEL_RELEASE)")
     ap.add_argument("--stage", choices=["base", "golden", "buildroot", "box"], default="golden",
                     help="golden and box also make the build root when the image's arch is the host's")
     ap.add_argument("--print-path", action="store_true", help="print the resulting folder only")
     args = ap.parse_args(argv)
-    release = args.kernel_release or DEFAULT_RELEASE[args.arch]
+    release = args.kernel_release or SUITES[args.suite]["kernel"].get(args.arch)
+    if release is None:
+        print(f"build_image: no {args.arch} kernel is pinned for {args.suite} (SUITES in {__file__}); "
+              f"set COPYLAB_KERNEL_RELEASE", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("build_image: debootstrap needs root; run as root (sudo make image)", file=sys.stderr)
         return 2
     try:
-        path = build_base(args.arch, release)
+        path = build_base(args.suite, args.arch, release)
         if args.stage in ("golden", "buildroot", "box"):
             path = build_golden(args.arch, release, path)
             if args.arch == host_arch():

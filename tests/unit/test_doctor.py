@@ -29,14 +29,15 @@ def _load_doctor():
 
 doctor = _load_doctor()
 MANIFEST = doctor.load_manifest()
-REL = MANIFEST["kernels"]["x86_64"]["release"]
-PKG = MANIFEST["kernels"]["x86_64"]["package_version"]
+SUITE = MANIFEST["suite"]
+REL = MANIFEST["kernels"][SUITE]["x86_64"]["release"]
+PKG = MANIFEST["kernels"][SUITE]["x86_64"]["package_version"]
 
 
 def good_vm_facts() -> dict:
     """The facts of a correctly provisioned lab VM, as vm_facts() gathers them."""
     return {
-        "user": "student", "arch": "x86_64", "release": REL,
+        "user": "student", "arch": "x86_64", "suite": SUITE, "release": REL,
         "version": f"#1 SMP PREEMPT_DYNAMIC Debian {PKG} (2025-10-01)",
         "headers_dir": f"/lib/modules/{REL}/build", "headers_release": REL,
         "headers_pkg": PKG, "tools": {"gcc": True, "make": True},
@@ -66,6 +67,23 @@ def test_a_provisioned_vm_has_no_problem():
                      "probe self-test", "lockdown", "sysctl kernel.modules_disabled", "kernel log",
                      "free disk", "clock", "lab lab1", "make check"):
         assert expected in names, names
+
+
+def test_a_vm_of_the_other_debian_release_is_known_and_named():
+    """A Debian 13 VM under a Debian 12 kit: its own pin (6.12) is checked, and the release is named."""
+    f = good_vm_facts()
+    pin = MANIFEST["kernels"]["trixie"]["x86_64"]
+    f.update(suite="trixie", release=pin["release"], headers_release=pin["release"],
+             headers_dir=f"/lib/modules/{pin['release']}/build", headers_pkg=pin["package_version"],
+             version=f"#1 SMP PREEMPT_DYNAMIC Debian {pin['package_version']} (2026-10-01)")
+    findings = by_check(doctor.evaluate_vm(f, MANIFEST))
+    assert not failing(findings.values()), failing(findings.values())
+    assert findings["kernel release"].detail == pin["release"]
+    assert findings["debian release"].status == "warn" and "bookworm" in findings["debian release"].detail
+    assert by_check(doctor.evaluate_vm(f, {**MANIFEST, "suite": "trixie"}))["debian release"].status == "ok"
+    f.update(suite="forky")
+    bad = failing(doctor.evaluate_vm(f, MANIFEST))
+    assert "forky" in bad["debian release"].detail and "trixie" in bad["debian release"].detail
 
 
 @pytest.mark.parametrize("change, check, words, fix", [
@@ -118,8 +136,9 @@ def test_future_dated_lab_files_warn_but_do_not_stop_the_lab():
 def test_an_unpinned_architecture_stops_at_once():
     facts = good_vm_facts()
     facts["arch"] = "riscv64"
-    (only,) = doctor.evaluate_vm(facts, MANIFEST)
-    assert only.status == "fail" and "riscv64" in only.detail
+    release, arch = doctor.evaluate_vm(facts, MANIFEST)
+    assert release.check == "debian release" and release.status == "ok"
+    assert arch.status == "fail" and "riscv64" in arch.detail
 
 
 def good_host_facts(vm_findings=None) -> dict:
@@ -180,30 +199,35 @@ def _yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def test_manifest_kernel_matches_the_profile_and_the_lab_spec():
+def test_manifest_kernels_match_the_profiles_the_lab_spec_and_the_image_builder():
     import tomllib
 
-    for arch, pin in MANIFEST["kernels"].items():
-        profile = REPO / "grader" / "profiles" / f"{pin['release']}.toml"
-        assert profile.is_file(), f"no kernel profile for the manifest's {arch} pin {pin['release']}"
-        data = tomllib.loads(profile.read_text())
-        assert data["arch"] == arch and data["release"] == pin["release"]
-        assert f"({pin['package_version']})" in profile.read_text().splitlines()[0]
-        assert [data["symbols"]["copy_from"], data["symbols"]["copy_to"]] == MANIFEST["probe_symbols"]
+    from provision.image.build_image import SUITES
+
     spec = tomllib.loads((REPO / "labs" / "lab1" / "lab.toml").read_text())
-    assert spec["run"]["kernel"] == MANIFEST["kernels"]["x86_64"]["release"]
-    assert {"x86_64": spec["run"]["kernel"], **spec["run"]["kernels"]} == \
-        {arch: pin["release"] for arch, pin in MANIFEST["kernels"].items()}
+    assert spec["run"]["kernel"] == MANIFEST["kernels"][SUITE]["x86_64"]["release"]
+    releases = set()
+    for suite, pins in MANIFEST["kernels"].items():
+        for arch, pin in pins.items():
+            profile = REPO / "grader" / "profiles" / f"{pin['release']}.toml"
+            assert profile.is_file(), f"no kernel profile for the manifest's {suite} {arch} pin {pin['release']}"
+            data = tomllib.loads(profile.read_text())
+            assert data["arch"] == arch and data["release"] == pin["release"]
+            assert f"({pin['package_version']})" in profile.read_text().splitlines()[0]
+            assert [data["symbols"]["copy_from"], data["symbols"]["copy_to"]] == MANIFEST["probe_symbols"]
+            flavour = {"x86_64": "amd64", "aarch64": "arm64"}[arch]
+            assert SUITES[suite]["kernel"][flavour] == pin["release"]
+            releases.add(pin["release"])
+    assert {spec["run"]["kernel"], *spec["run"]["kernels"]} == releases
 
 
 def test_manifest_matches_the_provisioning_roles():
     kernel = _yaml(REPO / "provision/roles/copylab_kernel/defaults/main.yml")
     lab = _yaml(REPO / "provision/roles/copylab_lab/defaults/main.yml")
     assert kernel["copylab_kernel_probe_symbols"] == MANIFEST["probe_symbols"]
-    for arch, pin in MANIFEST["kernels"].items():
-        flavour = kernel["copylab_kernel_flavours"][arch]
-        assert kernel["copylab_kernel_release"].startswith(pin["release"].rsplit("-", 1)[0] + "-")
-        assert pin["release"].endswith("-" + flavour)
+    pins = {suite: {arch: {"release": pin["release"], "package_version": pin["version"]}
+                    for arch, pin in archs.items()} for suite, archs in kernel["copylab_kernel_pins"].items()}
+    assert pins == MANIFEST["kernels"]
     assert lab["copylab_lab_labs"] == MANIFEST["labs"]
     assert lab["copylab_lab_student_user"] == MANIFEST["student_user"]
     assert {"doctor.py", "lab", "manifest.json"} <= set(lab["copylab_lab_tools"])

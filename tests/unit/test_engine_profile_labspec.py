@@ -67,3 +67,12 @@ def test_points_total_and_duplicates_and_timeouts():
     lab = parse_lab(spec([{"name": "a", "kind": "copy_kernel_side", "points": 2, "copy": "COPY4",
                            "hint": "h"}]), ".")
     assert lab.checks[0].options == {"copy": "COPY4"} and lab.checks[0].hint == "h"
+
+
+def test_run_kernels_is_a_list_of_releases_or_a_table_by_architecture():
+    listed = parse_lab(spec([], run={"kernel": "6.1.0-50-amd64", "kernels": ["6.12.117+deb13-amd64"]}), ".")
+    assert listed.supported_kernels() == ["6.1.0-50-amd64", "6.12.117+deb13-amd64"]
+    by_arch = parse_lab(spec([], run={"kernel": "6.1.0-50-amd64", "kernels": {"aarch64": "6.1.0-50-arm64"}}), ".")
+    assert by_arch.supported_kernels() == ["6.1.0-50-amd64", "6.1.0-50-arm64"]
+    with pytest.raises(LabSpecError, match="'../etc' is not a kernel release"):
+        parse_lab(spec([], run={"kernel": "6.1.0-50-amd64", "kernels": ["../etc"]}), ".")

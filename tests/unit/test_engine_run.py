@@ -12,6 +12,7 @@ import pytest
 from engine_fixtures import MSG, PORT, RBUF, SBUF, kmsg_text, trace_text
 
 from grader.engine.labspec import load_lab
+from grader.engine.profile import load_profile
 from grader.engine.result import render_text, to_gradescope
 from grader.engine.run import grade
 from grader.executor import LocalExecutor
@@ -261,10 +262,12 @@ def test_verify_rejects_wrong_kernel(env, fake_verify, monkeypatch):
 @pytest.mark.parametrize("machine, release, expect", [
     ("aarch64", "6.1.0-50-arm64", "ok"),       # Apple Silicon's VM: the arm64 profile is taken
     ("x86_64", "6.1.0-50-amd64", "ok"),
-    ("aarch64", "6.1.0-50-amd64", "failed"),   # an arm64 VM must run the arm64 pin
+    ("x86_64", "6.12.117+deb13-amd64", "ok"),  # a Debian 13 VM: its 6.12 profile is taken
+    ("aarch64", "6.1.0-50-amd64", "failed"),   # an arm64 VM must run an arm64 kernel
+    ("x86_64", "6.1.0-56-amd64", "failed"),    # a kernel the lab does not name
 ])
-def test_verify_takes_the_profile_of_the_vms_architecture(env, fake_verify, monkeypatch, machine, release,
-                                                         expect):
+def test_verify_takes_the_profile_of_the_kernel_the_vm_runs(env, fake_verify, monkeypatch, machine, release,
+                                                            expect):
     from grader.engine import run as runmod
     from grader.executor import CommandResult
 
@@ -282,14 +285,17 @@ def test_verify_takes_the_profile_of_the_vms_architecture(env, fake_verify, monk
     if expect == "ok":
         assert out.run.profile.release == release and out.run.profile.arch == machine
     else:
-        assert "6.1.0-50-arm64" in verify["detail"]
+        # the message names what the VM runs and every kernel the lab runs on
+        assert release in verify["detail"] and machine in verify["detail"]
+        assert "6.1.0-50-arm64" in verify["detail"] and "6.12.117+deb13-amd64" in verify["detail"]
 
 
-def test_lab_spec_names_a_kernel_per_architecture():
+def test_lab_spec_names_the_kernels_it_runs_on():
     lab = load_lab("lab1")
-    assert lab.kernel_for("x86_64") == lab.kernel == "6.1.0-50-amd64"
-    assert lab.kernel_for("aarch64") == "6.1.0-50-arm64"
-    assert lab.kernel_for(None) == lab.kernel
+    assert lab.kernel == "6.1.0-50-amd64"
+    assert lab.supported_kernels() == ["6.1.0-50-amd64", "6.1.0-50-arm64", "6.12.117+deb13-amd64"]
+    for release in lab.supported_kernels():
+        assert load_profile(release).release == release
 
 
 class LocalBuilder:

@@ -120,14 +120,18 @@ def test_kit_json_describes_every_file(kits):
     assert meta["source_commit"] == git(REPO, "rev-parse", "HEAD")
     assert meta["labs"] == ["lab1"]
     manifest = json.loads((REPO / "labs/tools/manifest.json").read_text())
-    assert meta["kernel_release"] == manifest["kernels"]["x86_64"]["release"]
-    assert meta["kernels"] == {arch: pin["release"] for arch, pin in manifest["kernels"].items()}
+    pins = manifest["kernels"][manifest["suite"]]
+    assert meta["kernel_release"] == pins["x86_64"]["release"]
+    assert meta["kernels"] == {arch: pin["release"] for arch, pin in pins.items()}
     readme = (kit / "README.md").read_text()
     assert "`6.1.0-50-amd64` (`6.1.0-50-arm64` on arm64 computers)" in readme
     assert set(meta["files"]) == files_of(kit) - {"kit.json"}
     for rel, digest in meta["files"].items():
         assert hashlib.sha256((kit / rel).read_bytes()).hexdigest() == digest, rel
     assert "\nCOPYLAB_WORK_DIR: work\n" in (kit / "vagrant.kit.yml").read_text()
+    assert meta["suite"] == manifest["suite"] == "bookworm"
+    assert "\nCOPYLAB_SUITE: bookworm\n" in (kit / "vagrant.kit.yml").read_text()
+    assert "The VM runs Debian 12\n" in readme
 
 
 def test_readme_and_gitignore_are_for_students(kits):
@@ -396,3 +400,18 @@ def test_cli_refusals_exit_1_with_one_line(repo_copy, tmp_path):
 
     proc = export_cli(repo_copy, str(tmp_path / "kit2"), "--format", "zip")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_a_kit_for_a_debian_13_course_records_its_release(tmp_path):
+    """export-kit --suite trixie: the Vagrantfile brings up a Debian 13 box (vagrant.kit.yml), `lab doctor`
+    checks the 6.12 pin (the kit's manifest) and the README names that kernel."""
+    kit = export_kit(REPO, tmp_path / "kit13", "dir", progress=quiet, suite="trixie")
+    meta = json.loads((kit / "kit.json").read_text())
+    manifest = json.loads((kit / "labs/tools/manifest.json").read_text())
+    assert meta["suite"] == manifest["suite"] == "trixie"
+    assert meta["kernel_release"] == manifest["kernels"]["trixie"]["x86_64"]["release"] == "6.12.117+deb13-amd64"
+    assert "\nCOPYLAB_SUITE: trixie\n" in (kit / "vagrant.kit.yml").read_text()
+    readme = (kit / "README.md").read_text()
+    assert "The VM runs Debian 13\n" in readme and "`6.12.117+deb13-amd64`" in readme
+    with pytest.raises(GraderError, match="no kernels for Debian release 'forky'"):
+        export_kit(REPO, tmp_path / "kit14", "dir", progress=quiet, suite="forky")

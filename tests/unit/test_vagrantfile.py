@@ -70,6 +70,26 @@ def test_unsupported_hosts_are_told_before_anything_is_downloaded(tmp_path, cpu,
     assert downloaded_boxes(tmp_path) == []
 
 
+def test_the_debian_release_is_a_setting_refused_before_any_download_when_unknown(tmp_path):
+    r = validate(ROOT, tmp_path, COPYLAB_SUITE="forky", COPYLAB_PROVISION="none")
+    assert r.returncode != 0 and 'COPYLAB_SUITE is "forky"' in r.stderr + r.stdout
+    assert downloaded_boxes(tmp_path) == []
+    r = validate(ROOT, tmp_path, COPYLAB_SUITE="trixie", COPYLAB_PROVISION="none")
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_local_box_of_another_debian_release_is_not_taken(tmp_path):
+    """COPYLAB_BOX=local takes the newest box of COPYLAB_SUITE from the cache, never the other release's."""
+    box = tmp_path / "cache" / "images" / "golden-amd64-6.1.0-50-amd64-k"
+    box.mkdir(parents=True)
+    (box / "copylab.box").write_bytes(b"")
+    (box / "manifest.json").write_text(json.dumps({"arch": "amd64", "suite": "bookworm"}))
+    r = validate(ROOT, tmp_path, COPYLAB_BOX="local", COPYLAB_SUITE="trixie", COPYLAB_CACHE=str(tmp_path / "cache"),
+                 COPYLAB_PROVISION="none")
+    assert r.returncode != 0
+    assert "no locally built trixie box" in r.stderr + r.stdout and "COPYLAB_SUITE=trixie" in r.stderr + r.stdout
+
+
 def test_arm64_host_refuses_an_amd64_local_box(tmp_path):
     box = tmp_path / "box"
     box.mkdir()

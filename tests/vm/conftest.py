@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,9 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "/tests/vm/" in str(item.fspath):
             item.add_marker(pytest.mark.vm)
-    # the arm64 tests last: `make test` builds their image in the background meanwhile, and xdist
-    # hands tests out in this order (a worker waiting for the image early would hold back its queue)
-    items.sort(key=lambda item: item.fspath.basename == "test_arm64.py")
+    # the arm64 and Debian 13 tests last: `make test` builds their images in the background meanwhile,
+    # and xdist hands tests out in this order (a worker waiting for an image early would hold back its queue)
+    items.sort(key=lambda item: item.fspath.basename in ("test_kernel_6_12.py", "test_arm64.py"))
 
 
 class Reporter:
@@ -59,10 +60,47 @@ def run_builder(progress, *args: str, env: dict | None = None) -> subprocess.Com
     return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), "")
 
 
+def built_golden(progress, *args: str) -> Path:
+    """The golden image folder the builder prints for these arguments (built or taken from the cache)."""
+    r = run_builder(progress, *args)
+    assert r.returncode == 0, f"image build ({' '.join(args)}) failed:\n{r.stdout[-4000:]}"
+    return Path(r.stdout.strip().splitlines()[-1].split("image: ", 1)[-1])
+
+
+@contextmanager
+def booted_vm(golden: Path, progress, workdir: Path, name: str, boot_timeout: float = 420):
+    """A QemuLabVM of another image than the shared one, prepared, closed at the end."""
+    from grader.vm.labvm import QemuLabVM
+
+    vm = QemuLabVM(golden=golden, workdir=workdir, name=name, progress=progress, boot_timeout=boot_timeout)
+    vm.prepare()
+    yield vm
+    vm.close()
+    assert not vm.vm.running()
+
+
+def solution_full_marks(vm, tmp_path: Path, release: str, arch: str) -> dict:
+    """Lab 1's solution graded on vm: full marks on the expected kernel; returns the result."""
+    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+    from lab1_submissions import make_submission
+
+    from grader.engine.labspec import load_lab
+    from grader.engine.run import grade
+
+    sub = make_submission("solution", tmp_path / "solution")
+    result = grade(load_lab("lab1"), vm, sub, tmp_path / "out").result
+    failed = {c["name"]: c["evidence"] for c in result["checks"] if not c["passed"]}
+    assert result["score"] == result["max_score"] == 100, f"failed: {failed}\nphases: {result['phases']}"
+    env = result["environment"]
+    assert env["kernel_release"] == release and env["arch"] == arch
+    assert result["copies"] == 2 and result["bytes_held"] == 48
+    return result
+
+
 @pytest.fixture(scope="session")
 def golden_build(progress) -> tuple[Path, bool]:
     """(golden image folder, whether this session built it from nothing)."""
-    r = run_builder(progress, "--stage", "golden")
+    r = run_builder(progress, "--suite", "bookworm", "--stage", "golden")
     assert r.returncode == 0, f"image build failed:\n{r.stdout[-4000:]}"
     path = Path(r.stdout.strip().splitlines()[-1].split("image: ", 1)[-1])
     assert (path / "manifest.json").exists(), r.stdout

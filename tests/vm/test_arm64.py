@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import textwrap
 import tomllib
 from pathlib import Path
@@ -19,14 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
-
-from lab1_submissions import make_submission  # noqa: E402
-
-from grader.engine.labspec import load_lab  # noqa: E402
-from grader.engine.run import grade  # noqa: E402
-
-from tests.vm.conftest import run_builder  # noqa: E402
+from tests.vm.conftest import booted_vm, built_golden, solution_full_marks
 
 pytestmark = [pytest.mark.xdist_group("arm64"), pytest.mark.vm]
 
@@ -37,9 +29,7 @@ RELEASE = "6.1.0-50-arm64"
 def arm64_golden(progress) -> Path:
     progress("arm64 golden image: built from the same ansible definition (cold cache: 15-20 min, "
              "foreign debootstrap + provisioning under emulation), else taken from the cache")
-    r = run_builder(progress, "--arch", "arm64", "--stage", "golden")
-    assert r.returncode == 0, f"arm64 image build failed:\n{r.stdout[-4000:]}"
-    path = Path(r.stdout.strip().splitlines()[-1].split("image: ", 1)[-1])
+    path = built_golden(progress, "--arch", "arm64", "--stage", "golden")
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["arch"] == "arm64" and manifest["qemu_arch"] == "aarch64"
     assert manifest["kernel_release"] == RELEASE
@@ -48,14 +38,8 @@ def arm64_golden(progress) -> Path:
 
 @pytest.fixture(scope="module")
 def arm64_vm(arm64_golden, progress, tmp_path_factory):
-    from grader.vm.labvm import QemuLabVM
-
-    vm = QemuLabVM(golden=arm64_golden, workdir=tmp_path_factory.mktemp("arm64vm"), name="arm64",
-                   progress=progress, boot_timeout=420)
-    vm.prepare()
-    yield vm
-    vm.close()
-    assert not vm.vm.running()
+    with booted_vm(arm64_golden, progress, tmp_path_factory.mktemp("arm64vm"), "arm64") as vm:
+        yield vm
 
 
 def admin(vm, golden: Path, command: str, timeout: float = 300,
@@ -134,16 +118,9 @@ def test_arm64_profile_matches_the_running_kernel(arm64_vm, arm64_golden):
 
 
 def test_solution_gets_full_marks_on_arm64(arm64_vm, tmp_path):
-    lab = load_lab("lab1")
-    sub = make_submission("solution", tmp_path / "solution")
-    result = grade(lab, arm64_vm, sub, tmp_path / "out").result
-    failed = {c["name"]: c["evidence"] for c in result["checks"] if not c["passed"]}
-    assert result["score"] == result["max_score"] == 100, f"failed: {failed}\nphases: {result['phases']}"
-    env = result["environment"]
-    assert env["kernel_release"] == RELEASE and env["arch"] == "aarch64"
+    result = solution_full_marks(arm64_vm, tmp_path, RELEASE, "aarch64")
     # the narrative holds on arm64 too: copy #4's kernel source is copy #1's kernel destination, and the
     # module's records agree with the independent tracefs trace on the callers
-    assert result["copies"] == 2 and result["bytes_held"] == 48
     agree = next(c for c in result["checks"] if c["name"] == "agrees_with_trace")
     assert agree["passed"], agree["evidence"]
     kmsg = (tmp_path / "out" / "kmsg.txt").read_text()

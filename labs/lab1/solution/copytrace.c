@@ -149,9 +149,11 @@ static unsigned long __maybe_unused iter_user_addr(const struct iov_iter *i)
 	 * points at. On 6.1 a single-buffer sendto()/recv() builds an
 	 * ITER_IOVEC iterator: the address is
 	 * (unsigned long)i->iov->iov_base + i->iov_offset.
-	 * (Kernels from 6.4 on build ITER_UBUF: i->ubuf + i->iov_offset.)
-	 * Check i, its type (iter_is_iovec) and i->iov first; return 0 for
-	 * iterators that do not point at user memory.
+	 * Kernels from 6.4 on (the 6.12 lab VM) build ITER_UBUF:
+	 * (unsigned long)i->ubuf + i->iov_offset, and iov is renamed
+	 * __iov (read it with iter_iov(i)): guard with LINUX_VERSION_CODE.
+	 * Check i and its type (iter_is_iovec, iter_is_ubuf) first; return
+	 * 0 for iterators that do not point at user memory.
 	 */
 	/* BEGIN SOLUTION */
 	if (!i)

@@ -1,0 +1,42 @@
+"""Two Debian releases of lab VMs (bookworm: kernel 6.1, trixie: 6.12) from one image builder: which
+image a grader takes, and what the builder refuses before any work."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from grader.errors import VMError
+from grader.vm.labvm import find_golden
+
+
+def golden(cache, name, manifest, age):
+    folder = cache / name
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    t = time.time() - age
+    os.utime(folder / "manifest.json", (t, t))
+    return folder
+
+
+def test_find_golden_takes_the_newest_image_of_the_asked_release(tmp_path):
+    older_12 = golden(tmp_path, "golden-amd64-6.1.0-50-amd64-a", {"arch": "amd64"}, 300)  # no suite: bookworm
+    newer_12 = golden(tmp_path, "golden-amd64-6.1.0-50-amd64-b", {"arch": "amd64", "suite": "bookworm"}, 200)
+    newest_13 = golden(tmp_path, "golden-amd64-6.12.117+deb13-amd64-c", {"arch": "amd64", "suite": "trixie"}, 100)
+    assert find_golden(cache=tmp_path) == newer_12           # the default stays Debian 12
+    assert find_golden(cache=tmp_path, suite="trixie") == newest_13
+    newer_12.joinpath("manifest.json").unlink()
+    assert find_golden(cache=tmp_path, suite="bookworm") == older_12
+    with pytest.raises(VMError, match="no trixie golden lab-VM image .arm64.*COPYLAB_SUITE=trixie"):
+        find_golden("arm64", cache=tmp_path, suite="trixie")
+
+
+def test_the_builder_names_a_release_with_no_kernel_pinned_for_the_architecture(capsys, monkeypatch):
+    from provision.image import build_image
+
+    monkeypatch.delenv("COPYLAB_KERNEL_RELEASE", raising=False)
+    assert build_image.main(["--suite", "trixie", "--arch", "arm64"]) == 2
+    err = capsys.readouterr().err
+    assert "no arm64 kernel is pinned for trixie" in err and "COPYLAB_KERNEL_RELEASE" in err
