@@ -53,7 +53,7 @@ class QemuLabVM:
                           cmdline=self.manifest["cmdline"], arch=self.manifest.get("qemu_arch", "x86_64"))
         self.vm = QemuVM(image=image, workdir=self.workdir, name=name, restrict_network=True,
                          boot_timeout=boot_timeout, accel=accel, qemu_user=qemu_user,
-                         nic_pair=nic_pair)
+                         nic_pair=nic_pair, gdbstub=True)
         self.key = self.golden / self.manifest["grader_key"]
         self.prepared = False
         self.fresh = False  # True right after the clean snapshot was taken or restored
