@@ -229,6 +229,12 @@ def test_gdb_attaches_to_the_sandboxed_qemu_and_ends_its_window_on_the_graders_w
             assert "WITNESS armed copy1=0xffffffff81000000" in e.text and "reason=stopped" in e.text
             assert "none of this run's length seen" in e.detail
         assert proc.poll() is None     # detached: QEMU runs on
+        # the KVM code path: hardware breakpoints (QEMU's TCG stub takes them too; KVM is not here)
+        qemu.accel = types.SimpleNamespace(accel="kvm")
+        assert w.script_config(run, 0)["hardware"] is True
+        w.arm(run)
+        assert w.collect(run).ok
+        qemu.accel = None
         c = read_confinement(proc.pid)
         assert c["seccomp"] == 2 and (os.geteuid() != 0 or c["uid"] != 0)
         # QEMU ends while the window is open (a panic with -no-reboot): collect returns at once
