@@ -20,7 +20,6 @@ import json
 import os
 import select
 import struct
-import sys
 import threading
 
 import gdb  # noqa: F401 - provided by gdb's embedded Python
@@ -31,8 +30,8 @@ STATE = {"stops": 0, "other": 0, "receives": {}, "ended": None}
 
 
 def say(line):
-    sys.stdout.write("WITNESS " + line + "\n")
-    sys.stdout.flush()
+    # straight to the descriptor: gdb's own stream is captured while `continue` runs (to_string)
+    os.write(1, ("WITNESS " + line + "\n").encode())
 
 
 def hx(v):
