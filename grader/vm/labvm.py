@@ -62,11 +62,15 @@ class QemuLabVM:
         # a restarted worker resumes the VM from the snapshot in seconds instead of booting it again
         self.persistent = persistent
         self.ready_file = self.workdir / f"{name}.ready.json"
+        # facts read from the guest before any student code ran, valid for every run restored from
+        # this object's clean snapshot (the kernel's addresses: KASLR is fixed until the next boot)
+        self.snapshot_facts: dict = {}
 
     # -------------------------------------------------------- set-up
     def prepare(self) -> None:
         """First boot of this VM's overlay (its own host key), then the clean snapshot."""
         t = time.monotonic()
+        self.snapshot_facts = {}
         if self.persistent and self._resume():
             self.progress(f"lab VM {self.vm.name} resumed from its clean snapshot in {time.monotonic() - t:.1f}s")
             return

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import types
+
+import pytest
 import sys
 from pathlib import Path
 
@@ -247,3 +249,59 @@ def test_gdb_attaches_to_the_sandboxed_qemu_and_ends_its_window_on_the_graders_w
         proc.kill()
         proc.wait(10)
         proc.stderr.close()
+
+
+class FakeExecutor:
+    """Answers `copylab-helper kallsyms` as the VM's helper does."""
+
+    def __init__(self, stdout: str, exit_code: int = 0, stderr: str = ""):
+        self.calls: list[str] = []
+        self.result = types.SimpleNamespace(stdout=stdout, stderr=stderr, exit_code=exit_code)
+
+    def run(self, cmd, timeout):
+        self.calls.append(cmd)
+        return self.result
+
+
+def test_prepare_reads_the_addresses_once_per_snapshot_and_names_what_it_lacks():
+    from grader.engine.hostevidence import HostEvidenceUnavailable
+    from grader.vm.gdbwitness import GdbWitness
+
+    plan = load_profile("6.1.0-50-amd64").witness_plan()
+    qemu = types.SimpleNamespace(gdb_port=1234, running=lambda: True)
+    ex = FakeExecutor("ip_generic_getfrag 0xffffffff82059970\nskb_consume_udp 0xffffffff820a7c50\n"
+                      "udp_recvmsg 0xffffffff820a7d70\n")
+    facts: dict = {}
+    first = GdbWitness(qemu, plan, "gdb", facts)
+    first.prepare(ex, None)
+    assert first.addresses == {"copy1": 0xffffffff82059970, "rxmsg": 0xffffffff820a7d70,
+                               "copy4": 0xffffffff820a7c50}
+    assert ex.calls == ["sudo -n /usr/local/libexec/copylab/copylab-helper kallsyms "
+                        "ip_generic_getfrag skb_consume_udp udp_recvmsg"]
+    assert "this run's verify phase" in first.addresses_from
+    second = GdbWitness(qemu, plan, "gdb", facts)       # the next run, restored from the same snapshot
+    second.prepare(ex, None)
+    assert len(ex.calls) == 1 and second.addresses == first.addresses
+    assert "earlier run's verify phase" in second.addresses_from
+    broken = FakeExecutor("udp_recvmsg 0xffffffff820a7d70\n", 3, "copylab-helper: no text symbol ...")
+    with pytest.raises(HostEvidenceUnavailable, match="ip_generic_getfrag, skb_consume_udp could not be read"):
+        GdbWitness(qemu, plan, "gdb", {}).prepare(broken, None)
+    gone = types.SimpleNamespace(gdb_port=None, running=lambda: True)
+    with pytest.raises(HostEvidenceUnavailable, match="without|gdbstub"):
+        GdbWitness(gone, plan, "gdb", {}).prepare(ex, None)
+
+
+def test_the_source_is_offered_only_to_a_qemu_vm_with_its_gdbstub():
+    from grader.vm import hostsources
+
+    prof = load_profile("6.1.0-50-amd64")
+    source, why = hostsources.offer("gdbstub", types.SimpleNamespace(vm=types.SimpleNamespace(gdbstub=False)),
+                                    LAB, prof)
+    assert source is None and "without QEMU's gdbstub" in why
+    lab_vm = types.SimpleNamespace(vm=types.SimpleNamespace(gdbstub=True), snapshot_facts={})
+    source, why = hostsources.offer("gdbstub", lab_vm, LAB, prof)
+    assert source is not None and source.name == "gdbstub" and source.snapshot_facts is lab_vm.snapshot_facts
+    no_witness = load_profile("6.1.0-50-amd64")
+    no_witness.raw = {k: v for k, v in no_witness.raw.items() if k != "witness"}
+    source, why = hostsources.offer("gdbstub", lab_vm, LAB, no_witness)
+    assert source is None and "defines no witness points" in why
