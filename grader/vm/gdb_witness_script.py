@@ -98,7 +98,7 @@ def on_copy4(p):
     if length != CFG["length"]:
         return other("copy4", length)
     data = u64(reg(p["skb"]) + CFG["offsets"]["skb_data"])
-    dest = STATE["receives"].pop(stack_key(), None)
+    dest = STATE["receives"].get(stack_key())
     say("copy4 src=%s dest=%s len=%d bytes=%s dest_bytes=%s" % (
         hx(data), hx(dest), length, (mem(data, length) or b"").hex() or "-",
         (mem(dest, length) or b"").hex() or "-"))
@@ -152,6 +152,8 @@ def main():
         gdb.execute("continue", to_string=True)
     except gdb.error as e:    # QEMU ended (kernel panic with -no-reboot, killed) or the link broke
         reason, detail = "lost", str(e)
+    if reason is None and gdb.selected_inferior().pid == 0:
+        reason, detail = "lost", "QEMU ended (the guest powered off or panicked)"
     if reason is None:
         try:
             gdb.execute("detach", to_string=True)

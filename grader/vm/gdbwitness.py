@@ -96,7 +96,8 @@ def parse_output(text: str) -> tuple[list[Observation], dict]:
     """gdb's output -> (observations "copy1", "copy4", "other"; facts: attached, armed, end reason,
     stops, other, errors). Lines that are not the script's own are ignored."""
     obs: list[Observation] = []
-    facts = {"attached": False, "armed": False, "end": None, "stops": None, "other": None, "errors": []}
+    facts = {"attached": False, "armed": False, "end": None, "stops": None, "other": None, "errors": [],
+             "repeats": 0}
     for line in text.splitlines():
         m = LINE_RE.match(line.strip())
         if not m:
@@ -107,7 +108,13 @@ def parse_output(text: str) -> tuple[list[Observation], dict]:
         elif word == "armed":
             facts["armed"] = True
         elif word in ("copy1", "copy4"):
-            obs.append(Observation(word, {k: _value(k, v) for k, v in FIELD_RE.findall(rest)}))
+            o = Observation(word, {k: _value(k, v) for k, v in FIELD_RE.findall(rest)})
+            # the same call seen twice (the vCPU re-ran the breakpoint's instruction, e.g. after an
+            # interrupt during gdb's step over it): one copy
+            if o in obs:
+                facts["repeats"] += 1
+            else:
+                obs.append(o)
         elif word == "other":
             point, _, tail = rest.partition(" ")
             obs.append(Observation("other", {"point": point, **{k: _value(k, v) for k, v in FIELD_RE.findall(tail)}}))
@@ -129,6 +136,8 @@ def evidence_from(text: str, length: int, gdb_status: str = "") -> HostEvidence:
     summary = (f"{sum(o.kind == 'copy1' for o in obs)} copy #1 and {sum(o.kind == 'copy4' for o in obs)} "
                f"copy #4 stops of {length} bytes, {facts['stops'] if facts['stops'] is not None else '?'} "
                f"stops in all, {facts['other'] or 0} of other lengths")
+    if facts["repeats"]:
+        summary += f" ({facts['repeats']} repeated stops of the same call counted once)"
     if facts["errors"]:
         summary += "; errors: " + "; ".join(facts["errors"][:3])
     if facts["end"] in ("stopped", "deadline"):

@@ -305,3 +305,10 @@ def test_the_source_is_offered_only_to_a_qemu_vm_with_its_gdbstub():
     no_witness.raw = {k: v for k, v in no_witness.raw.items() if k != "witness"}
     source, why = hostsources.offer("gdbstub", lab_vm, LAB, no_witness)
     assert source is None and "defines no witness points" in why
+
+
+def test_the_same_call_stopped_twice_is_one_copy():
+    again = f"WITNESS copy1 src=0x{SBUF:x} dest=0x{KADDR:x} len=16 bytes={HEX}"
+    e = evidence_from(gdb_output(extra=[again]), 16)
+    assert len(e.of("copy1")) == 1 and "1 repeated stops of the same call counted once" in e.detail
+    assert check("agrees_with_witness", witnessed(gdb_output(extra=[again]))).passed
