@@ -436,3 +436,7 @@ def check_no_kernel_fault(run: RunData, opts: dict):
         evid.append(good(f"no fatal taint (before {run.taint_before}, after {run.taint_after}: "
                          f"{', '.join(ev.taint_names(run.taint_after)) or 'none'})"))
     return ok, evid
+
+
+# check kinds that rest on the hypervisor's witness, registered by their module's import
+from . import witnesschecks  # noqa: E402,F401

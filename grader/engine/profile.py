@@ -11,6 +11,8 @@ from ..errors import LabSpecError
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
 REQUIRED_OFFSETS = ("iov_iter_iov_offset", "iov_iter_iov", "msghdr_msg_iter", "sk_buff_data")
 REQUIRED_EVENTS = ("copylab_tx", "copylab_rxmsg", "copylab_rx")
+# [witness] points and the argument registers each one reads (grader/vm/gdbwitness.py)
+WITNESS_POINTS = {"copy1": ("msghdr", "dest", "len"), "rxmsg": ("msghdr",), "copy4": ("skb", "len")}
 
 
 @dataclass
@@ -45,6 +47,33 @@ class KernelProfile:
         """Event name -> tracefs ``kprobe_events`` line, offsets filled in."""
         ph = self.placeholders()
         return {name: tpl.format(**ph) for name, tpl in self.event_templates.items()}
+
+    def witness_plan(self) -> dict:
+        """The [witness] section resolved for the gdb script: each point's symbol name and argument
+        registers, the struct offsets from [offsets]. LabSpecError when the profile has none."""
+        w = self.raw.get("witness")
+        where = f"{self.path or self.release} [witness]"
+        if not isinstance(w, dict):
+            raise LabSpecError(f"{where}: missing: this kernel profile defines no witness points")
+        points = {}
+        for point, regs in WITNESS_POINTS.items():
+            spec = w.get(point)
+            if not isinstance(spec, dict):
+                raise LabSpecError(f"{where}: missing [witness.{point}]")
+            symbol = self.symbols.get(str(spec.get("symbol")))
+            if symbol is None:
+                raise LabSpecError(f"{where}.{point}: symbol must name a key of [symbols]: {spec.get('symbol')!r}")
+            missing = [r for r in regs if not isinstance(spec.get(r), str)]
+            if missing:
+                raise LabSpecError(f"{where}.{point}: no register for {', '.join(missing)}")
+            points[point] = {"symbol": symbol, **{r: spec[r] for r in regs}}
+        for key in ("gdb_arch", "stack_register"):
+            if not isinstance(w.get(key), str):
+                raise LabSpecError(f"{where}: missing {key}")
+        ph = self.placeholders()
+        return {"gdb_arch": w["gdb_arch"], "stack_register": w["stack_register"], "points": points,
+                "offsets": {"msghdr_iov": ph["msghdr_iov"], "msghdr_iov_offset": ph["msghdr_iov_offset"],
+                            "skb_data": ph["skb_data"]}}
 
     def is_kernel_address(self, addr: int | None) -> bool:
         return addr is not None and addr >= self.kernel_min

@@ -65,7 +65,7 @@ class QemuLabVM:
                           cmdline=self.manifest["cmdline"], arch=self.manifest.get("qemu_arch", "x86_64"))
         self.vm = QemuVM(image=image, workdir=self.workdir, name=name, restrict_network=True,
                          boot_timeout=boot_timeout, accel=accel, qemu_user=qemu_user,
-                         nic_pair=nic_pair)
+                         nic_pair=nic_pair, gdbstub=True)
         self.key = self.golden / self.manifest["grader_key"]
         self.prepared = False
         self.fresh = False  # True right after the clean snapshot was taken or restored
@@ -74,11 +74,15 @@ class QemuLabVM:
         # a restarted worker resumes the VM from the snapshot in seconds instead of booting it again
         self.persistent = persistent
         self.ready_file = self.workdir / f"{name}.ready.json"
+        # facts read from the guest before any student code ran, valid for every run restored from
+        # this object's clean snapshot (the kernel's addresses: KASLR is fixed until the next boot)
+        self.snapshot_facts: dict = {}
 
     # -------------------------------------------------------- set-up
     def prepare(self) -> None:
         """First boot of this VM's overlay (its own host key), then the clean snapshot."""
         t = time.monotonic()
+        self.snapshot_facts = {}
         if self.persistent and self._resume():
             self.progress(f"lab VM {self.vm.name} resumed from its clean snapshot in {time.monotonic() - t:.1f}s")
             return

@@ -208,6 +208,16 @@ class QemuFiles:
         self.fds.append(s.fileno())
         return s.fileno()
 
+    def tcp_listening_socket(self, host: str = "127.0.0.1") -> tuple[int, int]:
+        """A TCP socket listening on host at a port the kernel picks (no race with other processes):
+        (descriptor, port)."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind((host, 0))
+        s.listen(1)
+        self._sockets.append(s)
+        self.fds.append(s.fileno())
+        return s.fileno(), s.getsockname()[1]
+
     def close(self) -> None:
         """The parent's copies: QEMU keeps its own."""
         socket_fds = {s.fileno() for s in self._sockets}
@@ -398,6 +408,11 @@ class QemuVM:
     # lab 2's network cards: two e1000e NICs on a QEMU hub of their own (a crossover cable inside
     # QEMU, no host socket), beside the management NIC
     nic_pair: bool = False
+    # QEMU's gdbstub on a 127.0.0.1 socket the runner binds (gdb_port once launched): the host-side
+    # witness (grader/vm/gdbwitness.py) attaches there; the guest's network cannot reach the host's
+    # loopback (restrict=on), and the stub is not guest state, so snapshots restore with or without it
+    gdbstub: bool = False
+    gdb_port: int | None = None
     boot_timeout: float = 300.0
     ssh_port: int | None = None
     hostkey: str | None = None  # "ssh-ed25519 AAAA...", pinned from the console
@@ -527,6 +542,7 @@ class QemuVM:
             "-serial", "chardev:serial0",
             "-chardev", f"socket,id=monitor0,server=on,wait=off,fd={files.listening_socket(self.monitor_path)}",
             "-mon", "chardev=monitor0,mode=readline",
+            *(self._gdbstub_args(files) if self.gdbstub else []),
             "-kernel", files.inherited(self.image.kernel), "-initrd", files.inherited(self.image.initrd),
             "-append", kernel_cmdline(self.image.cmdline, arch, accel),
             "-device", "virtio-rng-pci",
@@ -534,6 +550,11 @@ class QemuVM:
         if loadvm:
             cmd += ["-loadvm", loadvm]
         return cmd
+
+    def _gdbstub_args(self, files: QemuFiles) -> list[str]:
+        """The gdbstub on a listening socket bound here: QEMU opens no port of its own."""
+        fd, self.gdb_port = files.tcp_listening_socket("127.0.0.1")
+        return ["-chardev", f"socket,id=gdb0,server=on,wait=off,fd={fd}", "-gdb", "chardev:gdb0"]
 
     @staticmethod
     def nic_pair_args() -> list[str]:
