@@ -104,10 +104,10 @@ def dmesg_access() -> str:
     return f"no: dmesg: {err.strip() or rc}; sudo dmesg: {err2.strip() or rc2}"
 
 
-def root_facts(symbols: list[str]) -> dict:
-    """What only root can see (kprobes state, blacklist, lockdown, a live probe self-test), from the
-    copylab helper: run directly as root, else through the lab's sudo rule."""
-    cmd = [HELPER, "doctor", *symbols]
+def helper_json(*args: str) -> dict:
+    """One JSON answer of the copylab helper: run directly as root, else through the lab's sudo rule;
+    {"error": why} when it does not answer."""
+    cmd = [HELPER, *args]
     if os.geteuid() != 0:
         cmd = ["sudo", "-n", *cmd]
     rc, out, err = run(cmd, timeout=120)
@@ -117,6 +117,25 @@ def root_facts(symbols: list[str]) -> dict:
         return json.loads(out)
     except ValueError:
         return {"error": f"unreadable answer from the helper: {out[:200]!r}"}
+
+
+def root_facts(symbols: list[str]) -> dict:
+    """What only root can see (kprobes state, blacklist, lockdown, a live probe self-test)."""
+    return helper_json("doctor", *symbols)
+
+
+def cards_present(status: dict) -> bool:
+    return bool(status.get("nics")) and all(n.get("present") for n in status["nics"])
+
+
+def probe_symbols(manifest: dict, networks: dict) -> list[str]:
+    """The kernel's probe points plus those of each lab whose cards this VM has (a driver's symbols
+    exist only while its cards are there)."""
+    out = list(manifest["probe_symbols"])
+    for lab, net in manifest.get("lab_networks", {}).items():
+        if cards_present(networks.get(lab, {})):
+            out += [s for s in net["probe_symbols"] if s not in out]
+    return out
 
 
 def vm_facts(manifest: dict) -> dict:
@@ -139,6 +158,8 @@ def vm_facts(manifest: dict) -> dict:
                         future.append(str(p))
                 except OSError:
                     pass
+    networks = {lab: helper_json("net-status") for lab in manifest.get("lab_networks", {})}
+    symbols = probe_symbols(manifest, networks)
     disk_at = labs_dir if labs_dir and labs_dir.exists() else Path("/")
     st = os.statvfs(disk_at)
     return {
@@ -161,7 +182,9 @@ def vm_facts(manifest: dict) -> dict:
         "labs_missing": {lab: [f for f in LAB_FILES if not (labs_dir and (labs_dir / lab / f).is_file())]
                          for lab in manifest["labs"]},
         "check_command": shutil.which(CHECK_COMMAND, path=os.environ.get("PATH", "") + ":/usr/local/bin"),
-        "root": root_facts(manifest["probe_symbols"]),
+        "networks": networks,
+        "probe_symbols": symbols,
+        "root": root_facts(symbols),
     }
 
 
@@ -207,7 +230,9 @@ def evaluate_vm(f: dict, m: dict) -> list[Finding]:
     missing_tools = [t for t, there in f["tools"].items() if not there]
     out.append(fail("compiler", f"missing: {', '.join(missing_tools)}", "sudo apt-get install build-essential")
                if missing_tools else ok("compiler", "gcc and make"))
-    out.extend(_root_findings(f["root"], m["probe_symbols"], rel, want))
+    out.extend(_root_findings(f["root"], f.get("probe_symbols", m["probe_symbols"]), rel, want))
+    for lab, net in m.get("lab_networks", {}).items():
+        out.extend(_network_findings(lab, net, f.get("networks", {}).get(lab, {"error": "not looked at"})))
     for key, value in m["sysctls"].items():
         got = f["sysctls"].get(key)
         if got == value:
@@ -281,6 +306,40 @@ def _root_findings(r: dict, symbols: list[str], rel: str, want: str) -> list[Fin
         out.append(fail("lockdown", f"kernel lockdown is '{lock}': unsigned modules (the lab's) are refused",
                         "lockdown is only lifted by a reboot without it: turn Secure Boot off in the VM's "
                         "firmware settings, then on the host: vagrant reload"))
+    return out
+
+
+def _network_findings(lab: str, net: dict, st: dict) -> list[Finding]:
+    """A lab's network (lab 2: two cards joined to each other, the second in its own namespace)."""
+    if "error" in st:
+        return [fail(f"{lab} network", f"the copylab helper could not report the lab network: {st['error']}",
+                     "on the host: vagrant provision   (restores the helper and the lab's sudo rules)")]
+    missing = [n["mac"] for n in st.get("nics", []) if not n.get("present")]
+    if missing or not st.get("nics"):
+        return [fail(f"{lab} cards", f"no {net['driver']} card with MAC {', '.join(missing) or 'any'}: {lab} "
+                     f"needs two cards joined to each other",
+                     "on the host: vagrant reload   (the kit's Vagrantfile gives the VM both cards)")]
+    names = ", ".join(f"{n['name']} ({n['mac']})" for n in st["nics"])
+    out = [ok(f"{lab} cards", names)]
+    if st.get("ready"):
+        where = "; ".join(f"{n['addresses'][0]} on {n['name']}" + (f" in {n['namespace']}" if n["namespace"] else "")
+                          for n in st["nics"])
+        out.append(ok(f"{lab} network", f"{where}; copybreak {st.get('copybreak')}"))
+        return out
+    wrong = []
+    if not st.get("namespace_exists"):
+        wrong.append(f"no network namespace {net['namespace']}")
+    for n in st["nics"]:
+        want_ns = net["namespace"] if n.get("role") != "sender" else ""
+        if n.get("namespace", "") != want_ns:
+            wrong.append(f"{n['name']} is in namespace '{n.get('namespace') or 'the first'}', not "
+                         f"'{want_ns or 'the first'}'")
+        if not (n.get("up") and n.get("carrier")):
+            wrong.append(f"{n['name']} is down")
+        if n.get("addresses") != [n.get("want")]:
+            wrong.append(f"{n['name']} has {', '.join(n.get('addresses') or []) or 'no address'}, not {n.get('want')}")
+    out.append(warn(f"{lab} network", "not set up: " + "; ".join(wrong or ["not ready"]),
+                    f"cd ~/labs/{lab} && make net   (make check runs it too)"))
     return out
 
 

@@ -33,8 +33,23 @@ REL = MANIFEST["kernels"]["x86_64"]["release"]
 PKG = MANIFEST["kernels"]["x86_64"]["package_version"]
 
 
+LAB2 = MANIFEST["lab_networks"]["lab2"]
+
+
+def lab2_status(ready: bool = True) -> dict:
+    """The helper's net-status of a VM with lab 2's two cards, after `make net` when ready."""
+    nics = [{"role": role, "mac": mac, "want": want, "present": True, "name": name,
+             "namespace": ns if ready else "", "up": ready, "carrier": ready,
+             "addresses": [want] if ready else [], "rx_packets": 3, "tx_packets": 3}
+            for role, (mac, want), name, ns in zip(("sender", "receiver"), LAB2["cards"].items(),
+                                                   ("eth1", "eth2"), ("", LAB2["namespace"]))]
+    return {"namespace": LAB2["namespace"], "namespace_exists": ready, "copybreak": 256, "nics": nics,
+            "ready": ready}
+
+
 def good_vm_facts() -> dict:
     """The facts of a correctly provisioned lab VM, as vm_facts() gathers them."""
+    symbols = MANIFEST["probe_symbols"] + LAB2["probe_symbols"]
     return {
         "user": "student", "arch": "x86_64", "release": REL,
         "version": f"#1 SMP PREEMPT_DYNAMIC Debian {PKG} (2025-10-01)",
@@ -42,10 +57,11 @@ def good_vm_facts() -> dict:
         "headers_pkg": PKG, "tools": {"gcc": True, "make": True},
         "dmesg_restrict": "1", "dmesg": "sudo", "sysctls": {"kernel.modules_disabled": "0"},
         "free_mb": 4000, "disk_path": "/home/student/labs", "now": time.time(), "future_files": [],
-        "labs_dir": "/home/student/labs", "labs_missing": {"lab1": []},
+        "labs_dir": "/home/student/labs", "labs_missing": {"lab1": [], "lab2": []},
         "check_command": "/usr/local/bin/copylab-check",
+        "networks": {"lab2": lab2_status()}, "probe_symbols": symbols,
         "root": {"kprobes_enabled": "1", "blacklisted": [], "lockdown": "none",
-                 "kallsyms": {s: True for s in MANIFEST["probe_symbols"]},
+                 "kallsyms": {s: True for s in symbols},
                  "selftest": {"status": "ok", "detail": "register_kprobe(_copy_from_iter) ok"}},
     }
 
@@ -64,7 +80,8 @@ def test_a_provisioned_vm_has_no_problem():
     names = set(by_check(findings))
     for expected in ("kernel release", "kernel build", "kernel headers", "compiler", "kprobes",
                      "probe self-test", "lockdown", "sysctl kernel.modules_disabled", "kernel log",
-                     "free disk", "clock", "lab lab1", "make check"):
+                     "free disk", "clock", "lab lab1", "lab lab2", "make check", "lab2 cards",
+                     "lab2 network"):
         assert expected in names, names
 
 
@@ -106,6 +123,30 @@ def test_each_broken_setup_is_named_with_its_fix(change, check, words, fix):
     for w in words:
         assert w in bad[check].detail, bad[check]
     assert fix in bad[check].fix, bad[check]
+
+
+def test_lab2_network_without_the_cards_fails_with_the_vagrant_fix_and_skips_their_probes():
+    f = good_vm_facts()
+    f["networks"]["lab2"]["nics"][1]["present"] = False
+    assert doctor.probe_symbols(MANIFEST, f["networks"]) == MANIFEST["probe_symbols"]
+    bad = failing(doctor.evaluate_vm(f, MANIFEST))["lab2 cards"]
+    assert "52:54:00:00:0b:01" in bad.detail and "e1000e" in bad.detail and "vagrant reload" in bad.fix
+    f["networks"]["lab2"] = {"error": "sudo: a password is required"}
+    assert "password" in failing(doctor.evaluate_vm(f, MANIFEST))["lab2 network"].detail
+
+
+def test_lab2_network_not_set_up_is_a_warning_naming_make_net():
+    f = good_vm_facts()
+    f["networks"]["lab2"] = lab2_status(ready=False)
+    assert doctor.probe_symbols(MANIFEST, f["networks"])[-3:] == LAB2["probe_symbols"]
+    findings = by_check(doctor.evaluate_vm(f, MANIFEST))
+    net = findings["lab2 network"]
+    assert net.status == "warn" and "make net" in net.fix
+    assert "no network namespace copylab-rx" in net.detail and "eth2 is down" in net.detail
+    assert "eth2 is in namespace 'the first', not 'copylab-rx'" in net.detail
+    assert findings["lab2 cards"].status == "ok" and not failing(findings.values())
+    ready = by_check(doctor.evaluate_vm(good_vm_facts(), MANIFEST))["lab2 network"]
+    assert ready.status == "ok" and "169.254.10.2/24 on eth2 in copylab-rx" in ready.detail
 
 
 def test_future_dated_lab_files_warn_but_do_not_stop_the_lab():
