@@ -128,13 +128,14 @@ def cards_present(status: dict) -> bool:
     return bool(status.get("nics")) and all(n.get("present") for n in status["nics"])
 
 
-def probe_symbols(manifest: dict, networks: dict) -> list[str]:
-    """The kernel's probe points plus those of each lab whose cards this VM has (a driver's symbols
-    exist only while its cards are there)."""
-    out = list(manifest["probe_symbols"])
+def network_probes(manifest: dict, networks: dict) -> dict:
+    """lab -> the helper's doctor answers for the lab's own probe points (two symbols per self-test),
+    looked at only when the lab's cards are there (a driver's symbols exist only with its cards)."""
+    out = {}
     for lab, net in manifest.get("lab_networks", {}).items():
-        if cards_present(networks.get(lab, {})):
-            out += [s for s in net["probe_symbols"] if s not in out]
+        syms = net["probe_symbols"]
+        out[lab] = ([root_facts(syms[i:i + 2]) for i in range(0, len(syms), 2)]
+                    if cards_present(networks.get(lab, {})) else [])
     return out
 
 
@@ -159,7 +160,6 @@ def vm_facts(manifest: dict) -> dict:
                 except OSError:
                     pass
     networks = {lab: helper_json("net-status") for lab in manifest.get("lab_networks", {})}
-    symbols = probe_symbols(manifest, networks)
     disk_at = labs_dir if labs_dir and labs_dir.exists() else Path("/")
     st = os.statvfs(disk_at)
     return {
@@ -183,8 +183,8 @@ def vm_facts(manifest: dict) -> dict:
                          for lab in manifest["labs"]},
         "check_command": shutil.which(CHECK_COMMAND, path=os.environ.get("PATH", "") + ":/usr/local/bin"),
         "networks": networks,
-        "probe_symbols": symbols,
-        "root": root_facts(symbols),
+        "network_probes": network_probes(manifest, networks),
+        "root": root_facts(manifest["probe_symbols"]),
     }
 
 
@@ -230,9 +230,10 @@ def evaluate_vm(f: dict, m: dict) -> list[Finding]:
     missing_tools = [t for t, there in f["tools"].items() if not there]
     out.append(fail("compiler", f"missing: {', '.join(missing_tools)}", "sudo apt-get install build-essential")
                if missing_tools else ok("compiler", "gcc and make"))
-    out.extend(_root_findings(f["root"], f.get("probe_symbols", m["probe_symbols"]), rel, want))
+    out.extend(_root_findings(f["root"], m["probe_symbols"], rel, want))
     for lab, net in m.get("lab_networks", {}).items():
-        out.extend(_network_findings(lab, net, f.get("networks", {}).get(lab, {"error": "not looked at"})))
+        out.extend(_network_findings(lab, net, f.get("networks", {}).get(lab, {"error": "not looked at"}),
+                                     f.get("network_probes", {}).get(lab, []), rel))
     for key, value in m["sysctls"].items():
         got = f["sysctls"].get(key)
         if got == value:
@@ -309,7 +310,23 @@ def _root_findings(r: dict, symbols: list[str], rel: str, want: str) -> list[Fin
     return out
 
 
-def _network_findings(lab: str, net: dict, st: dict) -> list[Finding]:
+def _network_probe_finding(lab: str, net: dict, answers: list[dict], rel: str) -> Finding:
+    wrong = []
+    for r in answers:
+        if "error" in r:
+            wrong.append(r["error"])
+            continue
+        wrong += [f"{s} is not a symbol of kernel {rel}" for s, there in r.get("kallsyms", {}).items() if not there]
+        wrong += [f"{s} is on the kprobe blacklist" for s in r.get("blacklisted", [])]
+        if r.get("selftest", {}).get("status") != "ok":
+            wrong.append(f"self-test: {r.get('selftest', {}).get('detail', 'no result')}")
+    if wrong:
+        return warn(f"{lab} probes", "; ".join(wrong), "lsmod | grep " + net["driver"] + "   (the cards' driver "
+                    "must be loaded); else on the host: vagrant provision && vagrant reload")
+    return ok(f"{lab} probes", f"register_kprobe accepted {', '.join(net['probe_symbols'])}")
+
+
+def _network_findings(lab: str, net: dict, st: dict, probes: list[dict], rel: str) -> list[Finding]:
     """A lab's network (lab 2: two cards joined to each other, the second in its own namespace). Only
     warnings: the other labs work without it (the root helper's own failure is reported once, above)."""
     if "error" in st:
@@ -321,7 +338,7 @@ def _network_findings(lab: str, net: dict, st: dict) -> list[Finding]:
                      f"needs two cards joined to each other",
                      "on the host: vagrant reload   (the kit's Vagrantfile gives the VM both cards)")]
     names = ", ".join(f"{n['name']} ({n['mac']})" for n in st["nics"])
-    out = [ok(f"{lab} cards", names)]
+    out = [ok(f"{lab} cards", names), _network_probe_finding(lab, net, probes, rel)]
     if st.get("ready"):
         where = "; ".join(f"{n['addresses'][0]} on {n['name']}" + (f" in {n['namespace']}" if n["namespace"] else "")
                           for n in st["nics"])

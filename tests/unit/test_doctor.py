@@ -49,7 +49,7 @@ def lab2_status(ready: bool = True) -> dict:
 
 def good_vm_facts() -> dict:
     """The facts of a correctly provisioned lab VM, as vm_facts() gathers them."""
-    symbols = MANIFEST["probe_symbols"] + LAB2["probe_symbols"]
+    symbols = MANIFEST["probe_symbols"]
     return {
         "user": "student", "arch": "x86_64", "release": REL,
         "version": f"#1 SMP PREEMPT_DYNAMIC Debian {PKG} (2025-10-01)",
@@ -59,7 +59,11 @@ def good_vm_facts() -> dict:
         "free_mb": 4000, "disk_path": "/home/student/labs", "now": time.time(), "future_files": [],
         "labs_dir": "/home/student/labs", "labs_missing": {"lab1": [], "lab2": []},
         "check_command": "/usr/local/bin/copylab-check",
-        "networks": {"lab2": lab2_status()}, "probe_symbols": symbols,
+        "networks": {"lab2": lab2_status()},
+        "network_probes": {"lab2": [
+            {"kprobes_enabled": "1", "blacklisted": [], "lockdown": "none", "kallsyms": {s: True for s in pair},
+             "selftest": {"status": "ok", "detail": "ok"}}
+            for pair in (LAB2["probe_symbols"][:2], LAB2["probe_symbols"][2:])]},
         "root": {"kprobes_enabled": "1", "blacklisted": [], "lockdown": "none",
                  "kallsyms": {s: True for s in symbols},
                  "selftest": {"status": "ok", "detail": "register_kprobe(_copy_from_iter) ok"}},
@@ -81,7 +85,7 @@ def test_a_provisioned_vm_has_no_problem():
     for expected in ("kernel release", "kernel build", "kernel headers", "compiler", "kprobes",
                      "probe self-test", "lockdown", "sysctl kernel.modules_disabled", "kernel log",
                      "free disk", "clock", "lab lab1", "lab lab2", "make check", "lab2 cards",
-                     "lab2 network"):
+                     "lab2 network", "lab2 probes"):
         assert expected in names, names
 
 
@@ -129,7 +133,7 @@ def test_lab2_without_the_cards_warns_with_the_vagrant_fix_and_skips_their_probe
     """Lab 1 works without lab 2's cards: a warning, not a failure."""
     f = good_vm_facts()
     f["networks"]["lab2"]["nics"][1]["present"] = False
-    assert doctor.probe_symbols(MANIFEST, f["networks"]) == MANIFEST["probe_symbols"]
+    assert doctor.network_probes(MANIFEST, f["networks"]) == {"lab2": []}  # the helper is not asked
     findings = doctor.evaluate_vm(f, MANIFEST)
     cards = by_check(findings)["lab2 cards"]
     assert cards.status == "warn" and not failing(findings)
@@ -142,15 +146,26 @@ def test_lab2_without_the_cards_warns_with_the_vagrant_fix_and_skips_their_probe
 def test_lab2_network_not_set_up_is_a_warning_naming_make_net():
     f = good_vm_facts()
     f["networks"]["lab2"] = lab2_status(ready=False)
-    assert doctor.probe_symbols(MANIFEST, f["networks"])[-3:] == LAB2["probe_symbols"]
     findings = by_check(doctor.evaluate_vm(f, MANIFEST))
     net = findings["lab2 network"]
     assert net.status == "warn" and "make net" in net.fix
     assert "no network namespace copylab-rx" in net.detail and "eth2 is down" in net.detail
     assert "eth2 is in namespace 'the first', not 'copylab-rx'" in net.detail
     assert findings["lab2 cards"].status == "ok" and not failing(findings.values())
-    ready = by_check(doctor.evaluate_vm(good_vm_facts(), MANIFEST))["lab2 network"]
-    assert ready.status == "ok" and "169.254.10.2/24 on eth2 in copylab-rx" in ready.detail
+    ready = by_check(doctor.evaluate_vm(good_vm_facts(), MANIFEST))
+    assert ready["lab2 network"].status == "ok"
+    assert "169.254.10.2/24 on eth2 in copylab-rx" in ready["lab2 network"].detail
+    assert ready["lab2 probes"].status == "ok" and "e1000_xmit_frame" in ready["lab2 probes"].detail
+
+
+def test_lab2_probe_missing_warns_naming_the_driver():
+    f = good_vm_facts()
+    f["network_probes"]["lab2"][0]["kallsyms"]["e1000_xmit_frame"] = False
+    f["network_probes"]["lab2"][0]["selftest"] = {"status": "failed", "detail": "register_kprobe(e1000_xmit_frame) "
+                                                 "failed: -2"}
+    probes = by_check(doctor.evaluate_vm(f, MANIFEST))["lab2 probes"]
+    assert probes.status == "warn" and "e1000_xmit_frame is not a symbol" in probes.detail and "-2" in probes.detail
+    assert "lsmod | grep e1000e" in probes.fix
 
 
 def test_future_dated_lab_files_warn_but_do_not_stop_the_lab():
