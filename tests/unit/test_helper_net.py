@@ -109,3 +109,9 @@ def test_net_run_lets_the_grader_choose_only_the_program_account():
     env = dict(os.environ, SUDO_USER="grader")
     r = helper("net-run", "student", "/home/grader/runs/x/receiver", env=env)
     assert r.returncode == 2 and "grader may run programs only as copylab-run or grader" in r.stderr
+
+
+def test_net_run_time_limit_is_whole_seconds():
+    env = dict(os.environ, SUDO_USER="grader")
+    r = helper("net-run", "-t", "5s", "copylab-run", "/home/grader/runs/x/receiver", env=env)
+    assert r.returncode == 2 and "-t takes whole seconds" in r.stderr
