@@ -163,8 +163,9 @@ def check_programs_report(run: RunData, opts: dict):
         evid.append(good(good_text) if cond else Evidence(mark, bad_text))
         ok = ok and bool(cond)
 
-    need(r.listening_port == run.port, f"receiver: listening on 127.0.0.1:{run.port}",
-         f'no "receiver: listening on 127.0.0.1:{run.port}" line', "missing")
+    at = f"{run.receiver_addr}:{run.port}"
+    need(r.listening_port == run.port and r.listening_addr == run.receiver_addr, f"receiver: listening on {at}",
+         f'no "receiver: listening on {at}" line', "missing")
     need(r.buffer, f"receiver: buffer at {hx(r.buffer)}",
          'no "receiver: buffer at 0x..." line (print the buffer address with %p)', "missing")
     need(s.buffer, f"sender: buffer at {hx(s.buffer)}",
@@ -172,10 +173,10 @@ def check_programs_report(run: RunData, opts: dict):
     if s.sent_len is None:
         need(False, "", f'no "sender: sent {n} bytes ..." line', "missing")
     else:
-        need(s.sent_len == n and s.sent_text == msg and s.port == run.port,
-             f'sender: sent {s.sent_len} bytes "{s.sent_text}" to 127.0.0.1:{s.port}',
-             f'sender reported {s.sent_len} bytes "{s.sent_text}" to port {s.port}; '
-             f'expected {n} bytes "{msg}" to port {run.port}')
+        need(s.sent_len == n and s.sent_text == msg and s.port == run.port and s.addr == run.receiver_addr,
+             f'sender: sent {s.sent_len} bytes "{s.sent_text}" to {s.addr}:{s.port}',
+             f'sender reported {s.sent_len} bytes "{s.sent_text}" to {s.addr}:{s.port}; '
+             f'expected {n} bytes "{msg}" to {at}')
     if r.received_len is None:
         why = " (the receiver timed out waiting)" if run.receiver_timed_out else ""
         need(False, "", f'no "receiver: received N bytes ..." line{why}', "missing")
@@ -201,7 +202,7 @@ def check_programs_report(run: RunData, opts: dict):
 
 # ---------------------------------------------------------------- the module's records
 def _one(run: RunData, kind: str, evid: list[Evidence]):
-    recs = run.copy_records(kind)
+    recs = run.module_records(kind)
     if len(recs) == 1:
         return recs[0]
     if not recs:
@@ -253,7 +254,7 @@ def check_copy_kernel_side(run: RunData, opts: dict):
     evid: list[Evidence] = []
     rec = _one(run, kind, evid)
     if rec is None:
-        if kind == "COPY1" and not run.copy_records("COPY1"):
+        if kind == "COPY1" and not run.module_records("COPY1"):
             _explain_missing_copy1(run, evid)
         return False, evid
     ok = True
@@ -287,7 +288,7 @@ def check_copy_kernel_side(run: RunData, opts: dict):
         evid.append(bad(f"{side}={hx(kaddr)}, but the independent trace saw {where}="
                         f"{hx(event.num(field))}: the record does not describe this run's copy"))
     if kind == "COPY4":
-        c1 = run.copy_records("COPY1")
+        c1 = run.module_records("COPY1")
         if len(c1) != 1 or c1[0].dest is None:
             ok = False
             evid.append(missing("no single [COPY1] dest to compare src with"))
@@ -344,8 +345,8 @@ def check_agrees_with_trace(run: RunData, opts: dict):
     evid: list[Evidence] = []
     if run.trace_text is None:
         return False, [missing("the independent trace was not collected")]
-    c1 = run.copy_records("COPY1")
-    c4 = run.copy_records("COPY4")
+    c1 = run.module_records("COPY1")
+    c4 = run.module_records("COPY4")
     c1 = c1[0] if len(c1) == 1 else None
     c4 = c4[0] if len(c4) == 1 else None
     tx, rx, rxmsg = run.tx_event(), run.rx_event(), run.rxmsg_event()

@@ -34,6 +34,9 @@ class RunData:
     profile: KernelProfile | None = None
     send_comm: str = "sender"
     recv_comm: str = "receiver"
+    receiver_addr: str = "127.0.0.1"
+    net_status: dict | None = None        # the helper's net-status after the lab network was set up
+    copybreak: int | None = None          # the e1000e driver's copybreak during the run
     phases: dict[str, PhaseRecord] = field(default_factory=dict)
     submission_sha256: str = ""
     submission_files: dict[str, str] = field(default_factory=dict)   # name -> sha256
@@ -81,11 +84,11 @@ class RunData:
         return ev.parse_kmsg(self.kmsg_text, after_seq=self.kmsg_start_seq)
 
     @cached_property
-    def copies(self) -> list[ev.CopyRecord]:
-        return ev.parse_copy_records(self.kmsg)
+    def records(self) -> list[ev.ModuleRecord]:
+        return ev.parse_records(self.kmsg)
 
-    def copy_records(self, kind: str) -> list[ev.CopyRecord]:
-        return [c for c in self.copies if c.kind == kind]
+    def module_records(self, kind: str) -> list[ev.ModuleRecord]:
+        return [c for c in self.records if c.kind == kind]
 
     @cached_property
     def sender(self) -> ev.SenderReport:

@@ -14,8 +14,8 @@ ARTIFACT_NAMES = ("build.log", "kmsg.txt", "sender.out", "receiver.out", "trace.
 
 def trace_table(run: RunData) -> list[dict]:
     """The narrative's 7 steps, filled with this run's real addresses ("?" where unknown)."""
-    c1 = run.copy_records("COPY1")
-    c4 = run.copy_records("COPY4")
+    c1 = run.module_records("COPY1")
+    c4 = run.module_records("COPY4")
     c1 = c1[0] if len(c1) == 1 else None
     c4 = c4[0] if len(c4) == 1 else None
     tx, rx = run.tx_event(), run.rx_event()
