@@ -11,6 +11,9 @@ from .hostevidence import HostEvidence
 from .profile import KernelProfile
 
 PHASE_STATUSES = ("ok", "failed", "timeout", "skipped")
+# bytes in front of a UDP payload in an Ethernet frame: 14 Ethernet + 20 IPv4 + 8 UDP
+FRAME_HEADERS = 42
+NIC_SOURCE = "nic-trace"
 
 
 @dataclass
@@ -126,3 +129,50 @@ class RunData:
     def rxmsg_event(self) -> ev.TraceEvent | None:
         evs = self.trace_events("copylab_rxmsg", self.recv_comm)
         return evs[-1] if evs else None
+
+    # ---- lab 2: the frame on the network cards ----
+    @property
+    def frame_len(self) -> int:
+        return self.payload_len + FRAME_HEADERS
+
+    def _carrying_message(self, event: str) -> ev.TraceEvent | None:
+        """The guest trace's event of a driver probe whose frame carries this run's message."""
+        for e in self.trace_events(event):
+            if e.num("len") is not None and e.num("len") >= self.frame_len and e.payload() == self.message.encode():
+                return e
+        return None
+
+    def nic_tx_event(self) -> ev.TraceEvent | None:
+        """e1000_xmit_frame with the message's frame (the guest's own view of the TX skb)."""
+        return self._carrying_message("copylab_nic_tx")
+
+    def nic_rx_event(self) -> ev.TraceEvent | None:
+        """e1000_receive_skb with the message's frame (the skb the driver hands the stack)."""
+        return self._carrying_message("copylab_nic_rx")
+
+    @property
+    def card(self) -> HostEvidence | None:
+        """The cards seen from the hypervisor, when that source ran."""
+        e = self.host_evidence.get(NIC_SOURCE)
+        return e if e is not None and e.ok else None
+
+    def card_reads(self) -> list[dict]:
+        """The buffers the card read a frame of this run's frame length from (copy #2)."""
+        c = self.card
+        return [o.values for o in c.of("nic_tx") if o.values.get("len") == self.frame_len] if c else []
+
+    def card_write(self) -> dict | None:
+        """The buffer the card wrote this run's frame into (copy #3): the message at its payload offset."""
+        c = self.card
+        want = self.message.encode()
+        for o in c.of("nic_rx") if c else []:
+            data = o.values.get("bytes") or b""
+            if data[FRAME_HEADERS:FRAME_HEADERS + len(want)] == want:
+                return o.values
+        return None
+
+    @property
+    def direct_map_base(self) -> int | None:
+        c = self.card
+        found = c.of("direct_map") if c else []
+        return found[0].num("base") if found else None
