@@ -587,13 +587,11 @@ def check_copy4_source(run: RunData, opts: dict):
         return False, [missing("need exactly one [COPY4] with src= and one [RX] with data=")]
     c4, rx = c4[0], rx[0]
     frame_start = c4.src - FRAME_HEADERS
-    cb = run.copybreak
+    cb, copies = run.copybreak, run.driver_copies()
     wrote = run.card_write()
-    length = wrote["len"] if wrote else rx.len
-    if cb is None:
+    if copies is None:
         return False, [missing("the driver's copybreak during the run is unknown (net-status)")]
-    copies = length < cb
-    evid.append(info(f"copybreak={cb}, frame {length} bytes: the driver "
+    evid.append(info(f"copybreak={cb}, frame {run.received_len()} bytes: the driver "
                      + ("copies it into a fresh skb" if copies else "hands the card's buffer up")))
     ok = True
     breaks = run.module_records("COPYBREAK")

@@ -13,6 +13,8 @@ from .profile import KernelProfile
 PHASE_STATUSES = ("ok", "failed", "timeout", "skipped")
 # bytes in front of a UDP payload in an Ethernet frame: 14 Ethernet + 20 IPv4 + 8 UDP
 FRAME_HEADERS = 42
+# a shorter frame is padded to Ethernet's minimum (without the checksum) before a card receives it
+ETH_MIN_FRAME = 60
 NIC_SOURCE = "nic-trace"
 
 
@@ -170,6 +172,18 @@ class RunData:
             if data[FRAME_HEADERS:FRAME_HEADERS + len(want)] == want:
                 return o.values
         return None
+
+    def received_len(self) -> int:
+        """The length of the frame the driver received: the card's write, else the [RX] record's."""
+        wrote = self.card_write()
+        if wrote is not None:
+            return wrote["len"]
+        rx = self.module_records("RX")
+        return rx[0].len if len(rx) == 1 else max(self.frame_len, ETH_MIN_FRAME)
+
+    def driver_copies(self) -> bool | None:
+        """Whether the e1000e driver copied the frame into a fresh skb (shorter than copybreak)."""
+        return None if self.copybreak is None else self.received_len() < self.copybreak
 
     @property
     def direct_map_base(self) -> int | None:

@@ -151,3 +151,22 @@ def test_arp_frames_logged_as_tx_are_not_the_lab_frame():
     run = lab2_run()
     run.kmsg_text += f"6,2000,5300000,-;wiretrace: [TX] data={BASE + 0x7bbb0402:016x} pa=7bbb0402 len=42\n"
     assert results(run)["tx_record"].passed
+
+
+def test_the_journey_shows_the_guests_and_the_cards_side_with_this_runs_addresses():
+    from grader.engine.result import build_result, render_text
+
+    for cb, copies in ((256, 5), (0, 4)):
+        run = lab2_run(copybreak=cb)
+        result = build_result(run, run_checks(LAB.checks, run), max_score=100)
+        rows = {r["step"]: r for r in result["trace_table"]}
+        assert rows[3]["location"] == f"skb->data 0x{BASE + TX_PA:x} (pa 0x{TX_PA:x})"
+        assert rows[4]["card"] == f"read 0x{TX_PA:x}" and rows[4]["data"] == "len=58"
+        assert rows[5]["card"] == f"wrote 0x{RX_PA:x}" and f'"{MSG}" at +42' in rows[5]["data"]
+        assert rows[7]["card"] == f"reads {'outside' if cb else 'inside'} the buffer the card wrote"
+        assert result["copies"] == copies and result["bytes_held"] == 16 * copies
+        text = render_text(result)
+        assert "card" in text.splitlines()[-10] and f"wrote 0x{RX_PA:x}" in text
+    run = lab2_run(card=False)
+    rows = build_result(run, [], max_score=100)["trace_table"]
+    assert rows[3]["card"] == "?"           # no hypervisor view: unknown, not absent
