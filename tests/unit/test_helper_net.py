@@ -115,3 +115,8 @@ def test_net_run_time_limit_is_whole_seconds():
     env = dict(os.environ, SUDO_USER="grader")
     r = helper("net-run", "-t", "5s", "copylab-run", "/home/grader/runs/x/receiver", env=env)
     assert r.returncode == 2 and "-t takes whole seconds" in r.stderr
+
+
+def test_unload_knows_both_labs_modules_and_nothing_else():
+    r = helper("unload", "e1000e")
+    assert r.returncode == 2 and "only ['copytrace', 'wiretrace'] can be unloaded" in r.stderr
