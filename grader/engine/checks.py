@@ -455,7 +455,8 @@ def _no_card_view(run: RunData) -> Evidence:
     if src is None:
         return missing("no view of the network cards from the hypervisor in this run (only the official "
                        "grader has it)")
-    return missing(f"the hypervisor's view of the cards is {src.status}: {src.detail}")
+    return missing(f"the hypervisor's view of the cards is {src.status}: {src.detail}"
+                   + (" (only the official grader has it)" if src.status == "unavailable" else ""))
 
 
 @check_kind("tx_record")

@@ -133,7 +133,7 @@ class GradingRun:
                  rng: random.Random | None = None, helper: str = HELPER,
                  runs_dir: str = RUNS_DIR, poll_interval: float = 0.1, sudo: str = "sudo -n",
                  build_place: str = "auto", program_user: str | None = PROGRAM_USER,
-                 copybreak: int | None = None):
+                 copybreak: int | None = None, host_evidence_required: bool = True):
         if build_place not in BUILD_PLACES:
             raise ValueError(f"build_place must be one of {BUILD_PLACES}: {build_place!r}")
         self.build_place = build_place
@@ -161,6 +161,8 @@ class GradingRun:
                            receiver_addr=lab.receiver_addr)
         # the e1000e driver's copybreak the lab network is set up with (None: the driver's own)
         self.copybreak = copybreak if copybreak is not None else lab.copybreak
+        # False for `make check` in the student's own VM: no hypervisor view there, the checks say so
+        self.host_evidence_required = host_evidence_required
         self.rdir = f"{runs_dir}/{runid}"
         for name in ("acquire", "verify", "upload", "build", "trace_start", "load", "run",
                      "collect", "unload", "release"):
@@ -313,7 +315,7 @@ class GradingRun:
                     source, why = None, str(e)
             if source is None:
                 self.run.host_evidence[name] = unavailable(name, why)
-                if name in self.lab.host_evidence_required:
+                if name in self.lab.host_evidence_required and self.host_evidence_required:
                     raise PhaseFailed("failed", f"host evidence {name!r} is required by the lab and "
                                                 f"unavailable: {why}")
                 continue
