@@ -201,15 +201,16 @@ def check_programs_report(run: RunData, opts: dict):
 
 
 # ---------------------------------------------------------------- the module's records
-def _one(run: RunData, kind: str, evid: list[Evidence]):
-    recs = run.module_records(kind)
+def _one(run: RunData, kind: str, evid: list[Evidence], recs=None,
+         filter_hint: str = "filter on process name and length"):
+    recs = run.module_records(kind) if recs is None else recs
     if len(recs) == 1:
         return recs[0]
     if not recs:
         evid.append(missing(f"no [{kind}] record in the kernel log for this run"))
     else:
         evid.append(bad(f"{len(recs)} [{kind}] records for this run; expected exactly one "
-                        f"(filter on process name and length)"))
+                        f"({filter_hint})"))
         evid += [bad(r.text) for r in recs[:6]]
     return None
 
@@ -408,20 +409,12 @@ def check_agrees_with_trace(run: RunData, opts: dict):
 
 # ---------------------------------------------------------------- lab 2: the network cards
 def _frame_record(run: RunData, kind: str, evid: list[Evidence]):
-    """The one [TX]/[RX] record of this run's frame (TX: len = payload + 42; RX: the only one)."""
-    recs = run.module_records(kind)
-    if kind == "TX":
-        recs = [r for r in recs if r.len == run.frame_len] or recs
-    if len(recs) == 1:
-        evid.append(info(recs[0].text))
-        return recs[0]
-    if not recs:
-        evid.append(missing(f"no [{kind}] record in the kernel log for this run"))
-    else:
-        evid.append(bad(f"{len(recs)} [{kind}] records for this run; expected one for the lab's "
-                        f"{run.frame_len}-byte frame (filter on this lab's traffic: ARP frames are not it)"))
-        evid += [bad(r.text) for r in recs[:6]]
-    return None
+    """The one [TX]/[RX] record of this run's frame."""
+    rec = _one(run, kind, evid, run.frame_records(kind),
+               f"only the lab's {run.frame_len}-byte frame: ARP frames are not it")
+    if rec is not None:
+        evid.append(info(rec.text))
+    return rec
 
 
 def _physical_field(run: RunData, rec, evid: list[Evidence]) -> bool:

@@ -95,6 +95,14 @@ class RunData:
     def module_records(self, kind: str) -> list[ev.ModuleRecord]:
         return [c for c in self.records if c.kind == kind]
 
+    def frame_records(self, kind: str) -> list[ev.ModuleRecord]:
+        """[TX]/[RX] records of this run's frame: TX records of another length (ARP) are left out
+        when one has the frame's length."""
+        recs = self.module_records(kind)
+        if kind == "TX":
+            recs = [r for r in recs if r.len == self.frame_len] or recs
+        return recs
+
     @cached_property
     def sender(self) -> ev.SenderReport:
         return ev.parse_sender(self.sender_out)

@@ -52,9 +52,7 @@ def trace_table(run: RunData) -> list[dict]:
 
 
 def _one_record(run: RunData, kind: str):
-    recs = run.module_records(kind)
-    if kind == "TX":
-        recs = [r for r in recs if r.len == run.frame_len] or recs
+    recs = run.frame_records(kind)
     return recs[0] if len(recs) == 1 else None
 
 
