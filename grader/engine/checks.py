@@ -561,8 +561,12 @@ def check_rx_card_write(run: RunData, opts: dict):
     if wrote is None:
         return False, [missing("the card wrote no frame holding this run's message while the programs ran "
                                "(is the lab network up?)")]
-    evid.append(good(f'the hypervisor read "{run.message}" at {hx(wrote["addr"] + FRAME_HEADERS)}, 42 bytes '
-                     f'into the {wrote["len"]}-byte frame the card wrote at {hx(wrote["addr"])}'))
+    if wrote["seen"]:
+        evid.append(good(f'the hypervisor read "{run.message}" at {hx(wrote["addr"] + FRAME_HEADERS)}, 42 '
+                         f'bytes into the {wrote["len"]}-byte frame the card wrote at {hx(wrote["addr"])}'))
+    else:
+        evid.append(info(f'the card wrote a {wrote["len"]}-byte frame at {hx(wrote["addr"])}, the buffer '
+                         f'e1000_receive_skb handed up; it was reused before the hypervisor read it'))
     rec = _frame_record(run, "RX", evid)
     if rec is None:
         return False, evid

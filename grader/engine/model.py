@@ -172,13 +172,23 @@ class RunData:
         return [o.values for o in c.of("nic_tx") if o.values.get("len") == self.frame_len] if c else []
 
     def card_write(self) -> dict | None:
-        """The buffer the card wrote this run's frame into (copy #3): the message at its payload offset."""
+        """The buffer the card wrote this run's frame into (copy #3): the one the hypervisor read the
+        message in at its payload offset ("seen": True); else, when the driver handed that buffer up
+        itself and the stack freed it before the hypervisor looked, the one at the physical address
+        of the skb the guest trace saw at e1000_receive_skb ("seen": False)."""
         c = self.card
+        if c is None:
+            return None
         want = self.message.encode()
-        for o in c.of("nic_rx") if c else []:
-            data = o.values.get("bytes") or b""
-            if data[FRAME_HEADERS:FRAME_HEADERS + len(want)] == want:
-                return o.values
+        writes = [o.values for o in c.of("nic_rx")]
+        for w in writes:
+            if (w.get("bytes") or b"")[FRAME_HEADERS:FRAME_HEADERS + len(want)] == want:
+                return dict(w, seen=True)
+        handed_up, base = self.nic_rx_event(), self.direct_map_base
+        if handed_up is not None and base is not None and handed_up.num("data") is not None:
+            for w in writes:
+                if w["addr"] == handed_up.num("data") - base and w["len"] >= self.frame_len:
+                    return dict(w, seen=False)
         return None
 
     def received_len(self) -> int:

@@ -170,3 +170,15 @@ def test_the_journey_shows_the_guests_and_the_cards_side_with_this_runs_addresse
     run = lab2_run(card=False)
     rows = build_result(run, [], max_score=100)["trace_table"]
     assert rows[3]["card"] == "?"           # no hypervisor view: unknown, not absent
+
+
+def test_a_card_buffer_freed_before_the_hypervisor_read_it_is_found_through_the_guest_trace():
+    run = lab2_run(copybreak=0)
+    rx = run.card.of("nic_rx")[-1]
+    rx.values["bytes"] = bytes(60)          # the stack freed the skb, the page was reused
+    res = results(run)
+    assert not failed(res), failed(res)
+    assert "reused before the hypervisor read it" in texts(res["rx_card_write"])
+    run = lab2_run(copybreak=256)
+    run.card.of("nic_rx")[-1].values["bytes"] = bytes(60)   # with copybreak the trace saw the copy
+    assert "the card wrote no frame holding this run's message" in texts(results(run)["rx_card_write"])
