@@ -431,7 +431,7 @@ def _physical_field(run: RunData, rec, evid: list[Evidence]) -> bool:
 
 
 def _trace_agrees(run: RunData, label: str, mine: int | None, event, evid: list[Evidence]) -> bool:
-    name = "copylab_nic_tx (e1000_xmit_frame)" if "tx" in label else "copylab_nic_rx (e1000_receive_skb)"
+    name = "copylab_nic_tx (e1000_xmit_frame)" if label.startswith("TX") else "copylab_nic_rx (e1000_receive_skb)"
     if run.trace_text is None or event is None:
         evid.append(missing(f"the independent trace has no {name} event carrying this run's message"))
         return False

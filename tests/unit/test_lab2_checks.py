@@ -135,6 +135,7 @@ def test_no_frame_through_the_card_says_so():
 def test_without_the_hypervisors_view_the_card_checks_say_who_has_it():
     res = results(lab2_run(card=False))
     assert res["tx_record"].passed and res["copy4_source"].passed
+    assert "copylab_nic_tx (e1000_xmit_frame) skb->data" in texts(res["tx_record"])
     for name in ("tx_card_read", "rx_card_write"):
         assert not res[name].passed and "only the official grader has it" in texts(res[name])
 
