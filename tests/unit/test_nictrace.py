@@ -63,3 +63,64 @@ def test_offered_only_to_a_vm_with_the_lab_cards():
     assert source is None and "no e1000e lab cards" in why
     source, why = hostsources.offer("nic-trace", LabVM(True), None, None)
     assert source.name == "nic-trace" and why == ""
+
+
+class StandInQemu:
+    """The monitor answers of a QEMU (a unit-test stand-in: tests/vm/test_lab2.py drives a real one)."""
+
+    def __init__(self, answers, stderr):
+        self.answers, self.stderr_path, self.sent = answers, stderr, []
+
+    def monitor(self, command, timeout=30):
+        self.sent.append(command)
+        for prefix, answer in self.answers.items():
+            if command.startswith(prefix):
+                return answer
+        return ""
+
+    def running(self):
+        return True
+
+
+class StandInEx:
+    def __init__(self, stdout, ok=True):
+        self.stdout, self.ok = stdout, ok
+
+    def run(self, cmd, timeout):
+        return type("R", (), {"stdout": self.stdout, "stderr": "", "ok": self.ok})()
+
+
+def test_prepare_refuses_a_qemu_without_the_card_events(tmp_path):
+    import pytest
+
+    from grader.engine.hostevidence import HostEvidenceUnavailable
+    from grader.vm.nictrace import NicTrace
+
+    qemu = StandInQemu({"info trace-events e1000e_tx_descr": ""}, tmp_path / "q.err")
+    with pytest.raises(HostEvidenceUnavailable, match="no trace event e1000e_tx_descr .another QEMU build"):
+        NicTrace(qemu).prepare(StandInEx(""), None)
+
+
+def test_a_run_reads_only_its_part_of_qemus_stderr_and_switches_the_events_off(tmp_path):
+    from grader.vm.nictrace import NicTrace
+
+    err = tmp_path / "q.err"
+    err.write_text("e1000e_tx_descr 0x1000 : ab10003a 200\n")          # an earlier run's line
+    qemu = StandInQemu({"info trace-events e1000e_tx_descr": "e1000e_tx_descr : state 0",
+                        "info trace-events e1000e_rx_desc_buff_write": "e1000e_rx_desc_buff_write : state 0",
+                        "x /1gx": "ffffffffa2c13d60: 0xffff889dc0000000",
+                        "xp ": "000000000992b840: 0x00 0x01"}, err)
+    source = NicTrace(qemu)
+    source.prepare(StandInEx("0xffffffffa2c13d60 page_offset_base\n"), None)
+    source.arm(None)
+    with open(err, "a") as f:
+        f.write(CAPTURED)
+    evidence = source.collect(None)
+    assert evidence.status == "ok" and "read 4 and wrote 4" in evidence.detail
+    assert [o.values["addr"] for o in evidence.of("nic_tx")][0] == 0x7bbb0402     # not 0x1000
+    assert evidence.of("direct_map")[0].values == {"base": 0xffff889dc0000000}
+    assert qemu.sent.index("trace-event e1000e_tx_descr on") < qemu.sent.index("trace-event e1000e_tx_descr off")
+    empty = NicTrace(qemu)
+    empty.base = 1
+    empty.arm(None)
+    assert "no frame went through the lab cards" in empty.collect(None).detail
