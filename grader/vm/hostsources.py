@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib
 
-HOST_SOURCES: dict[str, str] = {}
+HOST_SOURCES: dict[str, str] = {
+    "nic-trace": "grader.vm.nictrace:offer",      # lab 2: QEMU's trace events of the e1000e cards
+}
 
 
 def offer(name: str, lab_vm, lab, profile):

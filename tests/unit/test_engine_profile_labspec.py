@@ -67,3 +67,29 @@ def test_points_total_and_duplicates_and_timeouts():
     lab = parse_lab(spec([{"name": "a", "kind": "copy_kernel_side", "points": 2, "copy": "COPY4",
                            "hint": "h"}]), ".")
     assert lab.checks[0].options == {"copy": "COPY4"} and lab.checks[0].hint == "h"
+
+
+def test_lab2_spec_asks_for_its_vm_shape_network_and_the_cards_trace(tmp_path):
+    import pytest
+
+    from grader.engine.labspec import load_lab, parse_lab
+    from grader.engine.profile import load_profile
+    from grader.errors import LabSpecError
+
+    lab = load_lab("lab2")
+    assert (lab.vm_shape, lab.receiver_via, lab.receiver_addr, lab.copybreak) == \
+        ("e1000e-pair", "net-run", "169.254.10.2", 256)
+    assert lab.net_setup == ["net-up", "{copybreak}"]
+    assert lab.host_evidence == lab.host_evidence_required == ["nic-trace"]
+    assert lab.max_score == 100
+    events = load_profile(lab.kernel).kprobe_events(lab.id)
+    assert "e1000e:e1000_xmit_frame data=+208(%di):x64 len=+112(%di):u32" in events["copylab_nic_tx"]
+    assert "e1000e:e1000_receive_skb data=+208(%dx):x64" in events["copylab_nic_rx"]
+    assert "copylab_nic_tx" not in load_profile(lab.kernel).kprobe_events("lab1")
+    base = {"lab": {"id": "x"}, "submission": {"files": ["a.c"]}}
+    with pytest.raises(LabSpecError, match=r"\[vm\] nics must be one of"):
+        parse_lab(dict(base, vm={"nics": "token-ring"}), tmp_path, kinds=set())
+    with pytest.raises(LabSpecError, match="receiver_via must be one of"):
+        parse_lab(dict(base, network={"receiver_via": "ssh"}), tmp_path, kinds=set())
+    with pytest.raises(LabSpecError, match="receiver_addr must be an IPv4 address"):
+        parse_lab(dict(base, network={"receiver_addr": "169.254.10.2; reboot"}), tmp_path, kinds=set())
