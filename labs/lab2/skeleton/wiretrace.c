@@ -22,7 +22,7 @@
  *   wiretrace: [COPYBREAK] src=<kernel VA> dest=<kernel VA> len=<frame bytes>
  *   wiretrace: [COPY4] src=<kernel VA> dest=<user VA> len=<payload bytes>
  *
- * Load with:  insmod wiretrace.ko port=PORT msg_len=LENGTH
+ * Load with:  insmod wiretrace.ko payload=MESSAGE port=PORT
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -84,6 +84,10 @@ MODULE_PARM_DESC(recv_comm, "process name of the receiving program");
 static uint msg_len = 16;
 module_param(msg_len, uint, 0444);
 MODULE_PARM_DESC(msg_len, "length in bytes of the lab's message");
+
+static char *payload = "HELLO_SEND_TRACE";
+module_param(payload, charp, 0444);
+MODULE_PARM_DESC(payload, "the message the sender sends (for an optional payload filter)");
 
 static ushort port = 9999;
 module_param(port, ushort, 0444);
