@@ -23,13 +23,14 @@ def _progress(msg: str) -> None:
     print(f"[grader {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def open_vm(spec: str | None, known_hosts: str | None, key: str | None):
+def open_vm(spec: str | None, known_hosts: str | None, key: str | None, shape: str = ""):
     """--vm: omitted or 'golden' (the kit's golden image via the QEMU runner), a golden image folder,
-    or ssh://grader@HOST:PORT for an inventory host (with --known-hosts and --key)."""
-    from grader.vm.labvm import QemuLabVM, StaticHostVM
+    or ssh://grader@HOST:PORT for an inventory host (with --known-hosts and --key). A QEMU VM has the
+    shape the lab asks for ([vm] nics)."""
+    from grader.vm.labvm import QemuLabVM, StaticHostVM, shape_options
 
     if spec is None or spec == "golden":
-        return QemuLabVM(progress=_progress)
+        return QemuLabVM(progress=_progress, **shape_options(shape))
     if spec.startswith("ssh://"):
         rest = spec[len("ssh://"):]
         user, _, hostport = rest.rpartition("@")
@@ -39,7 +40,7 @@ def open_vm(spec: str | None, known_hosts: str | None, key: str | None):
         return StaticHostVM(host=host, port=int(port or 22), key=Path(key), known_hosts=Path(known_hosts),
                             user=user or "grader")
     if Path(spec).is_dir():
-        return QemuLabVM(golden=Path(spec), progress=_progress)
+        return QemuLabVM(golden=Path(spec), progress=_progress, **shape_options(shape))
     raise GraderError(f"--vm {spec!r}: expected 'golden', a golden image folder or ssh://user@host:port")
 
 
@@ -53,7 +54,7 @@ def grade_command(args) -> int:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"copylab-{lab.id}-"))
     with tempfile.TemporaryDirectory(prefix="copylab-sub-") as tmp:
         sub = materialize(Path(args.submission), lab.files, Path(tmp), lab.max_file_bytes)
-        vm = open_vm(args.vm, args.known_hosts, args.key)
+        vm = open_vm(args.vm, args.known_hosts, args.key, lab.vm_shape)
         try:
             _progress(f"grading {args.submission} for {lab.id}")
             outcome = grade(lab, vm, sub, out)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import evidence as ev
-from .model import RunData
+from .model import FRAME_HEADERS, RunData
 
 MARKS = ("good", "bad", "missing", "info")
 
@@ -163,8 +163,9 @@ def check_programs_report(run: RunData, opts: dict):
         evid.append(good(good_text) if cond else Evidence(mark, bad_text))
         ok = ok and bool(cond)
 
-    need(r.listening_port == run.port, f"receiver: listening on 127.0.0.1:{run.port}",
-         f'no "receiver: listening on 127.0.0.1:{run.port}" line', "missing")
+    at = f"{run.receiver_addr}:{run.port}"
+    need(r.listening_port == run.port and r.listening_addr == run.receiver_addr, f"receiver: listening on {at}",
+         f'no "receiver: listening on {at}" line', "missing")
     need(r.buffer, f"receiver: buffer at {hx(r.buffer)}",
          'no "receiver: buffer at 0x..." line (print the buffer address with %p)', "missing")
     need(s.buffer, f"sender: buffer at {hx(s.buffer)}",
@@ -172,10 +173,10 @@ def check_programs_report(run: RunData, opts: dict):
     if s.sent_len is None:
         need(False, "", f'no "sender: sent {n} bytes ..." line', "missing")
     else:
-        need(s.sent_len == n and s.sent_text == msg and s.port == run.port,
-             f'sender: sent {s.sent_len} bytes "{s.sent_text}" to 127.0.0.1:{s.port}',
-             f'sender reported {s.sent_len} bytes "{s.sent_text}" to port {s.port}; '
-             f'expected {n} bytes "{msg}" to port {run.port}')
+        need(s.sent_len == n and s.sent_text == msg and s.port == run.port and s.addr == run.receiver_addr,
+             f'sender: sent {s.sent_len} bytes "{s.sent_text}" to {s.addr}:{s.port}',
+             f'sender reported {s.sent_len} bytes "{s.sent_text}" to {s.addr}:{s.port}; '
+             f'expected {n} bytes "{msg}" to {at}')
     if r.received_len is None:
         why = " (the receiver timed out waiting)" if run.receiver_timed_out else ""
         need(False, "", f'no "receiver: received N bytes ..." line{why}', "missing")
@@ -200,15 +201,16 @@ def check_programs_report(run: RunData, opts: dict):
 
 
 # ---------------------------------------------------------------- the module's records
-def _one(run: RunData, kind: str, evid: list[Evidence]):
-    recs = run.copy_records(kind)
+def _one(run: RunData, kind: str, evid: list[Evidence], recs=None,
+         filter_hint: str = "filter on process name and length"):
+    recs = run.module_records(kind) if recs is None else recs
     if len(recs) == 1:
         return recs[0]
     if not recs:
         evid.append(missing(f"no [{kind}] record in the kernel log for this run"))
     else:
         evid.append(bad(f"{len(recs)} [{kind}] records for this run; expected exactly one "
-                        f"(filter on process name and length)"))
+                        f"({filter_hint})"))
         evid += [bad(r.text) for r in recs[:6]]
     return None
 
@@ -246,14 +248,15 @@ def _explain_missing_copy1(run: RunData, evid: list[Evidence]) -> None:
 
 @check_kind("copy_kernel_side")
 def check_copy_kernel_side(run: RunData, opts: dict):
-    """options: copy = "COPY1" | "COPY4". Exactly one record, len = payload length, a kernel
-    address on the kernel side that the independent trace confirms; for COPY4 also
-    src == COPY1's dest (same skb on loopback). The first-milestone forms pass."""
+    """options: copy = "COPY1" | "COPY4"; same_skb (default true): COPY4's src must be COPY1's dest,
+    as on loopback (lab 2's datagram crosses two cards: false). Exactly one record, len = payload
+    length, a kernel address on the kernel side that the independent trace confirms. The
+    first-milestone forms pass."""
     kind = opts.get("copy", "COPY1")
     evid: list[Evidence] = []
     rec = _one(run, kind, evid)
     if rec is None:
-        if kind == "COPY1" and not run.copy_records("COPY1"):
+        if kind == "COPY1" and not run.module_records("COPY1"):
             _explain_missing_copy1(run, evid)
         return False, evid
     ok = True
@@ -286,8 +289,8 @@ def check_copy_kernel_side(run: RunData, opts: dict):
         ok = False
         evid.append(bad(f"{side}={hx(kaddr)}, but the independent trace saw {where}="
                         f"{hx(event.num(field))}: the record does not describe this run's copy"))
-    if kind == "COPY4":
-        c1 = run.copy_records("COPY1")
+    if kind == "COPY4" and opts.get("same_skb", True):
+        c1 = run.module_records("COPY1")
         if len(c1) != 1 or c1[0].dest is None:
             ok = False
             evid.append(missing("no single [COPY1] dest to compare src with"))
@@ -344,8 +347,8 @@ def check_agrees_with_trace(run: RunData, opts: dict):
     evid: list[Evidence] = []
     if run.trace_text is None:
         return False, [missing("the independent trace was not collected")]
-    c1 = run.copy_records("COPY1")
-    c4 = run.copy_records("COPY4")
+    c1 = run.module_records("COPY1")
+    c4 = run.module_records("COPY4")
     c1 = c1[0] if len(c1) == 1 else None
     c4 = c4[0] if len(c4) == 1 else None
     tx, rx, rxmsg = run.tx_event(), run.rx_event(), run.rxmsg_event()
@@ -401,6 +404,235 @@ def check_agrees_with_trace(run: RunData, opts: dict):
         evid.append(missing("need exactly one [COPY1] and one [COPY4] record to compare"))
     if disagree:
         evid.insert(0, bad("disagrees with the independent trace on: " + ", ".join(disagree)))
+    return ok, evid
+
+
+# ---------------------------------------------------------------- lab 2: the network cards
+def _frame_record(run: RunData, kind: str, evid: list[Evidence]):
+    """The one [TX]/[RX] record of this run's frame."""
+    rec = _one(run, kind, evid, run.frame_records(kind),
+               f"only the lab's {run.frame_len}-byte frame: ARP frames are not it")
+    if rec is not None:
+        evid.append(info(rec.text))
+    return rec
+
+
+def _physical_field(run: RunData, rec, evid: list[Evidence]) -> bool:
+    """pa= is present and looks like a physical address, not the virtual one again."""
+    if rec.pa is None:
+        evid.append(missing(f"the [{rec.kind}] record has no pa= (virt_to_phys of data)"))
+        return False
+    if rec.pa == rec.data or (run.profile and run.profile.is_kernel_address(rec.pa)):
+        evid.append(bad(f"pa={hx(rec.pa)} is a kernel virtual address"
+                        + (" (the same as data=)" if rec.pa == rec.data else "")
+                        + ": print virt_to_phys(data), the address the card is given"))
+        return False
+    return True
+
+
+def _trace_agrees(run: RunData, label: str, mine: int | None, event, evid: list[Evidence]) -> bool:
+    name = "copylab_nic_tx (e1000_xmit_frame)" if label.startswith("TX") else "copylab_nic_rx (e1000_receive_skb)"
+    if run.trace_text is None or event is None:
+        evid.append(missing(f"the independent trace has no {name} event carrying this run's message"))
+        return False
+    if event.num("data") == mine:
+        evid.append(good(f"{label}={hx(mine)} is what the independent trace saw ({name} skb->data)"))
+        return True
+    evid.append(bad(f"{label}={hx(mine)}, but the independent trace saw skb->data={hx(event.num('data'))} "
+                    f"in {name}"))
+    return False
+
+
+def _no_card_view(run: RunData) -> Evidence:
+    src = run.host_evidence.get("nic-trace")
+    if src is None:
+        return missing("no view of the network cards from the hypervisor in this run (only the official "
+                       "grader has it)")
+    return missing(f"the hypervisor's view of the cards is {src.status}: {src.detail}"
+                   + (" (only the official grader has it)" if src.status == "unavailable" else ""))
+
+
+@check_kind("tx_record")
+def check_tx_record(run: RunData, opts: dict):
+    """[TX]: the skb the driver sends is the one copy #1 wrote (data + 42 = COPY1 dest), as the
+    independent trace saw it at e1000_xmit_frame, with a physical address beside it."""
+    evid: list[Evidence] = []
+    rec = _frame_record(run, "TX", evid)
+    if rec is None:
+        return False, evid
+    ok = rec.len == run.frame_len
+    evid.append(good(f"len={rec.len}: {run.payload_len} payload bytes + 42 header bytes") if ok
+                else bad(f"len={rec.len}, but the frame is {run.frame_len} bytes ({run.payload_len} + 42 headers)"))
+    c1 = run.module_records("COPY1")
+    if rec.data is None:
+        ok = False
+        evid.append(missing("the [TX] record has no data= (skb->data)"))
+    elif len(c1) == 1 and c1[0].dest is not None:
+        if rec.data + FRAME_HEADERS == c1[0].dest:
+            evid.append(good(f"data={hx(rec.data)} + 42 = COPY1 dest {hx(c1[0].dest)}: the same skb, "
+                             f"headers in front of the payload"))
+        else:
+            ok = False
+            evid.append(bad(f"data={hx(rec.data)} + 42 = {hx(rec.data + FRAME_HEADERS)}, but COPY1 dest is "
+                            f"{hx(c1[0].dest)}"))
+    else:
+        ok = False
+        evid.append(missing("no single [COPY1] dest to compare data with"))
+    ok = _trace_agrees(run, "TX data", rec.data, run.nic_tx_event(), evid) and ok
+    return _physical_field(run, rec, evid) and ok, evid
+
+
+@check_kind("rx_record")
+def check_rx_record(run: RunData, opts: dict):
+    """[RX]: the buffer the card wrote, with its physical address; when the driver hands it up
+    without a copy, it is the skb the independent trace saw at e1000_receive_skb."""
+    evid: list[Evidence] = []
+    rec = _frame_record(run, "RX", evid)
+    if rec is None:
+        return False, evid
+    ok = True
+    if rec.data is None or not (run.profile is None or run.profile.is_kernel_address(rec.data)):
+        ok = False
+        evid.append(bad(f"data={hx(rec.data)} is not a kernel address"))
+    if rec.len < run.frame_len:
+        ok = False
+        evid.append(bad(f"len={rec.len} is shorter than the {run.frame_len}-byte frame"))
+    else:
+        evid.append(good(f"len={rec.len} (the {run.frame_len}-byte frame"
+                         + (", padded to Ethernet's 60-byte minimum)" if rec.len > run.frame_len else ")")))
+    if not run.module_records("COPYBREAK"):
+        ok = _trace_agrees(run, "RX data", rec.data, run.nic_rx_event(), evid) and ok
+    return _physical_field(run, rec, evid) and ok, evid
+
+
+def _card_check(run: RunData, rec, card_addr: int | None, what: str, evid: list[Evidence]) -> bool:
+    """The record's pa against the address the hypervisor saw the card use, and its data through the
+    direct map (PA = VA - page_offset_base) against the same address."""
+    base = run.direct_map_base
+    ok = True
+    if rec.pa == card_addr:
+        evid.append(good(f"pa={hx(rec.pa)} is where the card {what} (QEMU: {hx(card_addr)})"))
+    elif rec.pa == rec.data:
+        ok = False
+        evid.append(bad(f"pa={hx(rec.pa)} is the virtual address again; the card {what} at physical "
+                        f"{hx(card_addr)}"))
+    else:
+        ok = False
+        evid.append(bad(f"pa={hx(rec.pa)} is not where the card {what}: QEMU saw {hx(card_addr)} "
+                        f"(a made-up or miscomputed physical address)"))
+    if base is None or rec.data is None:
+        ok = False
+        evid.append(missing("no direct-map base from the hypervisor to translate data="))
+    elif rec.data - base == card_addr:
+        evid.append(good(f"data={hx(rec.data)} - page_offset_base {hx(base)} = {hx(card_addr)}: the "
+                         f"virtual address the module printed is that physical buffer"))
+    else:
+        ok = False
+        evid.append(bad(f"data={hx(rec.data)} - page_offset_base {hx(base)} = {hx(rec.data - base)}, "
+                        f"not the buffer the card used ({hx(card_addr)})"))
+    return ok
+
+
+@check_kind("tx_card_read")
+def check_tx_card_read(run: RunData, opts: dict):
+    """Copy #2 from the hypervisor: the card read a frame of payload + 42 bytes at [TX] pa."""
+    evid: list[Evidence] = []
+    if run.card is None:
+        return False, [_no_card_view(run)]
+    reads = run.card_reads()
+    if not reads:
+        return False, [missing(f"the card read no {run.frame_len}-byte frame while the programs ran: no "
+                               f"datagram went through the card (is the lab network up?)")]
+    rec = _frame_record(run, "TX", evid)
+    if rec is None:
+        return False, evid
+    addrs = [r["addr"] for r in reads]
+    card_addr = rec.pa if rec.pa in addrs else addrs[-1]
+    return _card_check(run, rec, card_addr, f"read the {run.frame_len}-byte frame", evid), evid
+
+
+@check_kind("rx_card_write")
+def check_rx_card_write(run: RunData, opts: dict):
+    """Copy #3 from the hypervisor: the card wrote the frame, the message at +42, at [RX] pa."""
+    evid: list[Evidence] = []
+    if run.card is None:
+        return False, [_no_card_view(run)]
+    wrote = run.card_write()
+    if wrote is None:
+        return False, [missing("the card wrote no frame holding this run's message while the programs ran "
+                               "(is the lab network up?)")]
+    if wrote["seen"]:
+        evid.append(good(f'the hypervisor read "{run.message}" at {hx(wrote["addr"] + FRAME_HEADERS)}, 42 '
+                         f'bytes into the {wrote["len"]}-byte frame the card wrote at {hx(wrote["addr"])}'))
+    else:
+        evid.append(info(f'the card wrote a {wrote["len"]}-byte frame at {hx(wrote["addr"])}, the buffer '
+                         f'e1000_receive_skb handed up; it was reused before the hypervisor read it'))
+    rec = _frame_record(run, "RX", evid)
+    if rec is None:
+        return False, evid
+    return _card_check(run, rec, wrote["addr"], "wrote the frame", evid), evid
+
+
+@check_kind("copy4_source")
+def check_copy4_source(run: RunData, opts: dict):
+    """Where copy #4 reads from: the copybreak skb (a frame shorter than the driver's copybreak is
+    copied by the CPU, [COPYBREAK]) or the card's own buffer; checked against the records, the
+    independent trace (e1000_receive_skb) and, when it ran, the hypervisor."""
+    evid: list[Evidence] = []
+    c4 = run.module_records("COPY4")
+    rx = run.module_records("RX")
+    if len(c4) != 1 or c4[0].src is None or len(rx) != 1 or rx[0].data is None:
+        return False, [missing("need exactly one [COPY4] with src= and one [RX] with data=")]
+    c4, rx = c4[0], rx[0]
+    frame_start = c4.src - FRAME_HEADERS
+    cb, copies = run.copybreak, run.driver_copies()
+    wrote = run.card_write()
+    if copies is None:
+        return False, [missing("the driver's copybreak during the run is unknown (net-status)")]
+    evid.append(info(f"copybreak={cb}, frame {run.received_len()} bytes: the driver "
+                     + ("copies it into a fresh skb" if copies else "hands the card's buffer up")))
+    ok = True
+    breaks = run.module_records("COPYBREAK")
+    if copies:
+        if len(breaks) != 1:
+            return False, evid + [missing("no [COPYBREAK] record, but the driver copied the frame") if not breaks
+                                  else bad(f"{len(breaks)} [COPYBREAK] records; expected one")]
+        b = breaks[0]
+        evid.append(info(b.text))
+        checks = [(b.src == rx.data, f"COPYBREAK src {hx(b.src)} is the card's buffer (RX data)",
+                   f"COPYBREAK src {hx(b.src)} is not RX data {hx(rx.data)}"),
+                  (b.dest == frame_start, f"COPYBREAK dest {hx(b.dest)} + 42 = COPY4 src: copy #4 reads the copy",
+                   f"COPYBREAK dest {hx(b.dest)} + 42 != COPY4 src {hx(c4.src)}")]
+    else:
+        checks = [(not breaks, "no [COPYBREAK] record: the driver did not copy",
+                   "a [COPYBREAK] record, but the driver did not copy this frame"),
+                  (rx.data == frame_start, f"COPY4 src {hx(c4.src)} = RX data + 42: copy #4 reads the card's buffer",
+                   f"COPY4 src {hx(c4.src)} - 42 != RX data {hx(rx.data)}")]
+    for cond, yes, no in checks:
+        evid.append(good(yes) if cond else bad(no))
+        ok = ok and cond
+    ev_rx = run.nic_rx_event()
+    if ev_rx is None:
+        ok = False
+        evid.append(missing("the independent trace has no e1000_receive_skb event carrying this run's message"))
+    elif ev_rx.num("data") == frame_start:
+        evid.append(good(f"the independent trace saw e1000_receive_skb hand up skb->data {hx(frame_start)}"))
+    else:
+        ok = False
+        evid.append(bad(f"COPY4 src - 42 = {hx(frame_start)}, but e1000_receive_skb handed up "
+                        f"{hx(ev_rx.num('data'))}"))
+    base = run.direct_map_base
+    if wrote is not None and base is not None:
+        in_card = frame_start - base == wrote["addr"]
+        if in_card != copies:
+            evid.append(good(f"from the hypervisor: COPY4's source is {'in' if in_card else 'not in'} the "
+                             f"buffer the card wrote ({hx(wrote['addr'])})"))
+        else:
+            ok = False
+            evid.append(bad(f"from the hypervisor: COPY4's source {'is' if in_card else 'is not'} in the "
+                            f"buffer the card wrote ({hx(wrote['addr'])}), which copybreak={cb} contradicts"))
+    else:
+        evid.append(info("no hypervisor view to place COPY4's source (only the official grader has it)"))
     return ok, evid
 
 

@@ -56,15 +56,23 @@ def parse_kmsg(text: str, after_seq: int | None = None,
             and (after_seq is None or r.seq > after_seq)]
 
 
-# ---------------------------------------------------------------- COPY records
+# ---------------------------------------------------------------- the module's records
+# "[KIND] key=value ..." with %px addresses: lab 1's COPY1/COPY4, lab 2's TX, RX and COPYBREAK too
+RECORD_KINDS = ("COPY1", "COPY4", "TX", "RX", "COPYBREAK")
+COPY_KINDS = ("COPY1", "COPY4")
+ADDRESS_KEYS = ("src", "dest", "data", "pa")
+
+
 @dataclass
-class CopyRecord:
-    kind: str                 # "COPY1" | "COPY4"
+class ModuleRecord:
+    kind: str                 # one of RECORD_KINDS
     src: int | None
     dest: int | None
     len: int
     text: str                 # the record's whole text
     seq: int | None = None
+    data: int | None = None   # TX/RX: the frame's kernel virtual address
+    pa: int | None = None     # TX/RX: its physical address
 
     @property
     def user_addr(self) -> int | None:
@@ -80,25 +88,45 @@ class CopyRecord:
         return self.user_addr is None
 
 
-_HEX = r"(?:0x)?([0-9a-fA-F]{1,16})"
-_COPY_RE = re.compile(
-    r"\[(COPY[14])\]\s+(?:src=" + _HEX + r"\s+)?(?:dest=" + _HEX + r"\s+)?len=(\d+)")
+_RECORD_RE = re.compile(r"\[(" + "|".join(RECORD_KINDS) + r")\]((?:\s+[a-z]+=\S+)+)")
+_HEX_VALUE = re.compile(r"(?:0x)?([0-9a-fA-F]{1,16})")
+_LEN_VALUE = re.compile(r"(\d+)")
 
 
-def parse_copy_records(records: list[KmsgRecord] | str) -> list[CopyRecord]:
-    """COPY1/COPY4 records found anywhere in kernel records' text (full and milestone forms)."""
+def _record_fields(pairs: str) -> dict | None:
+    """key=value pairs -> {key: int}; None when an address or the length does not parse, or no len."""
+    fields: dict[str, int] = {}
+    for pair in pairs.split():
+        key, _, value = pair.partition("=")
+        pattern = _LEN_VALUE if key == "len" else _HEX_VALUE if key in ADDRESS_KEYS else None
+        if pattern is None:
+            continue          # keys of no contract are ignored
+        m = pattern.match(value)
+        if not m:
+            return None
+        fields[key] = int(m[1], 10 if key == "len" else 16)
+    return fields if "len" in fields else None
+
+
+def parse_records(records: list[KmsgRecord] | str, kinds: tuple[str, ...] = RECORD_KINDS) -> list[ModuleRecord]:
+    """The module's records of these kinds found anywhere in kernel records' text. A COPY record may
+    be in its first-milestone form (COPY1 "dest=.. len=..", COPY4 "src=.. len=.."); checks judge it."""
     if isinstance(records, str):
         records = parse_kmsg(records)
-    out: list[CopyRecord] = []
+    out: list[ModuleRecord] = []
     for r in records:
-        for m in _COPY_RE.finditer(r.text):
-            kind, src, dest, ln = m.group(1), m.group(2), m.group(3), int(m.group(4))
-            rec = CopyRecord(kind, int(src, 16) if src else None, int(dest, 16) if dest else None,
-                             ln, r.text, r.seq)
-            # COPY1 milestone form is "dest=.. len=..", COPY4's is "src=.. len=.."; a record
-            # with neither address, or COPY1 with src only, is kept (checks judge it)
-            out.append(rec)
+        for m in _RECORD_RE.finditer(r.text):
+            fields = _record_fields(m.group(2))
+            if m.group(1) not in kinds or fields is None:
+                continue
+            out.append(ModuleRecord(m.group(1), fields.get("src"), fields.get("dest"), fields["len"],
+                                    r.text, r.seq, fields.get("data"), fields.get("pa")))
     return out
+
+
+def parse_copy_records(records: list[KmsgRecord] | str) -> list[ModuleRecord]:
+    """COPY1/COPY4 records (full and milestone forms)."""
+    return parse_records(records, COPY_KINDS)
 
 
 # ---------------------------------------------------------------- program output
@@ -114,12 +142,14 @@ class SenderReport:
     buffer: int | None = None
     sent_len: int | None = None
     sent_text: str | None = None
+    addr: str | None = None
     port: int | None = None
     lines: list[str] = field(default_factory=list)
 
 
 @dataclass
 class ReceiverReport:
+    listening_addr: str | None = None
     listening_port: int | None = None
     buffer: int | None = None
     received_len: int | None = None
@@ -128,8 +158,9 @@ class ReceiverReport:
 
 
 _S_BUF = re.compile(r"^sender: buffer at " + _ADDR + r"\s*$")
-_S_SENT = re.compile(r'^sender: sent (-?\d+) bytes "(.*)" to 127\.0\.0\.1:(\d+)\s*$')
-_R_LISTEN = re.compile(r"^receiver: listening on 127\.0\.0\.1:(\d+)\s*$")
+_IPV4 = r"(\d{1,3}(?:\.\d{1,3}){3})"
+_S_SENT = re.compile(r'^sender: sent (-?\d+) bytes "(.*)" to ' + _IPV4 + r":(\d+)\s*$")
+_R_LISTEN = re.compile(r"^receiver: listening on " + _IPV4 + r":(\d+)\s*$")
 _R_BUF = re.compile(r"^receiver: buffer at " + _ADDR + r"\s*$")
 _R_RECV = re.compile(r'^receiver: received (-?\d+) bytes "(.*)"\s*$')
 
@@ -140,7 +171,7 @@ def parse_sender(text: str) -> SenderReport:
         if m := _S_BUF.match(line):
             rep.buffer = _addr(m[1])
         elif m := _S_SENT.match(line):
-            rep.sent_len, rep.sent_text, rep.port = int(m[1]), m[2], int(m[3])
+            rep.sent_len, rep.sent_text, rep.addr, rep.port = int(m[1]), m[2], m[3], int(m[4])
         else:
             continue
         rep.lines.append(line)
@@ -151,7 +182,7 @@ def parse_receiver(text: str) -> ReceiverReport:
     rep = ReceiverReport()
     for line in text.splitlines():
         if m := _R_LISTEN.match(line):
-            rep.listening_port = int(m[1])
+            rep.listening_addr, rep.listening_port = m[1], int(m[2])
         elif m := _R_BUF.match(line):
             rep.buffer = _addr(m[1])
         elif m := _R_RECV.match(line):

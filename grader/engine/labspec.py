@@ -17,6 +17,11 @@ PHASES = ("acquire", "verify", "upload", "build", "trace_start", "load", "run", 
 DEFAULT_TIMEOUTS = {"acquire": 180, "verify": 30, "upload": 60, "build": 300, "trace_start": 30,
                     "load": 30, "run": 30, "collect": 60, "unload": 30, "release": 60}
 CHECK_KEYS = {"name", "kind", "points", "depends", "hint", "title"}
+# the VM shapes a lab may ask for ([vm] nics); grader/vm/labvm.py turns a shape into runner options
+VM_SHAPES = ("", "e1000e-pair")
+# how the receiver is started: as the program account (lab 1), or through the helper's net-run inside
+# the receiver's network namespace (lab 2)
+RECEIVER_VIA = ("", "net-run")
 
 
 @dataclass
@@ -62,6 +67,14 @@ class LabSpec:
     # those in host_evidence_required fail the verify phase when the VM cannot offer them
     host_evidence: list[str] = field(default_factory=list)
     host_evidence_required: list[str] = field(default_factory=list)
+    # [vm] nics: the VM shape ("" = the plain lab VM; "e1000e-pair" = lab 2's two network cards)
+    vm_shape: str = ""
+    # [network]: the helper command (args) that sets the lab's network up in verify, before student
+    # code; how the receiver starts; the address the programs use; the driver's copybreak
+    net_setup: list[str] = field(default_factory=list)
+    receiver_via: str = ""
+    receiver_addr: str = "127.0.0.1"
+    copybreak: int | None = None
 
     def supported_kernels(self) -> list[str]:
         """The kernel releases a lab VM may run for this lab, the default first."""
@@ -155,6 +168,19 @@ def parse_lab(data: dict, lab_dir: str | Path, kinds: set[str] | None = None,
     if not set(required) <= set(host):
         raise LabSpecError(f"{where}: [evidence] host_required names sources missing from host: "
                            f"{', '.join(sorted(set(required) - set(host)))}")
+    vm = _get(data, "vm", dict, where, {})
+    shape = _get(vm, "nics", str, f"{where} [vm]", "")
+    if shape not in VM_SHAPES:
+        raise LabSpecError(f"{where}: [vm] nics must be one of {', '.join(repr(x) for x in VM_SHAPES)}")
+    net = _get(data, "network", dict, where, {})
+    receiver_via = _get(net, "receiver_via", str, f"{where} [network]", "")
+    if receiver_via not in RECEIVER_VIA:
+        raise LabSpecError(f"{where}: [network] receiver_via must be one of "
+                           f"{', '.join(repr(x) for x in RECEIVER_VIA)}")
+    receiver_addr = _get(net, "receiver_addr", str, f"{where} [network]", "127.0.0.1")
+    if not re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", receiver_addr):
+        raise LabSpecError(f"{where}: [network] receiver_addr must be an IPv4 address")
+    copybreak = _get(net, "copybreak", int, f"{where} [network]", None) if "copybreak" in net else None
     checks = _parse_checks(_get(data, "checks", list, where, []), kinds, where)
     total = sum(c.points for c in checks)
     declared = _get(grading, "total", int, f"{where} [grading]", total)
@@ -184,7 +210,9 @@ def parse_lab(data: dict, lab_dir: str | Path, kinds: set[str] | None = None,
                               "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"),
         port_range=(pr[0], pr[1]),
         timeouts=tmo, checks=checks, max_score=total, raw=data,
-        host_evidence=host, host_evidence_required=required)
+        host_evidence=host, host_evidence_required=required, vm_shape=shape,
+        net_setup=_str_list(net, "setup", f"{where} [network]", []), receiver_via=receiver_via,
+        receiver_addr=receiver_addr, copybreak=copybreak)
 
 
 def _parse_checks(items: list, kinds: set[str], where: str) -> list[CheckSpec]:

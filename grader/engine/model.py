@@ -11,6 +11,11 @@ from .hostevidence import HostEvidence
 from .profile import KernelProfile
 
 PHASE_STATUSES = ("ok", "failed", "timeout", "skipped")
+# bytes in front of a UDP payload in an Ethernet frame: 14 Ethernet + 20 IPv4 + 8 UDP
+FRAME_HEADERS = 42
+# a shorter frame is padded to Ethernet's minimum (without the checksum) before a card receives it
+ETH_MIN_FRAME = 60
+NIC_SOURCE = "nic-trace"
 
 
 @dataclass
@@ -34,6 +39,9 @@ class RunData:
     profile: KernelProfile | None = None
     send_comm: str = "sender"
     recv_comm: str = "receiver"
+    receiver_addr: str = "127.0.0.1"
+    net_status: dict | None = None        # the helper's net-status after the lab network was set up
+    copybreak: int | None = None          # the e1000e driver's copybreak during the run
     phases: dict[str, PhaseRecord] = field(default_factory=dict)
     submission_sha256: str = ""
     submission_files: dict[str, str] = field(default_factory=dict)   # name -> sha256
@@ -81,11 +89,19 @@ class RunData:
         return ev.parse_kmsg(self.kmsg_text, after_seq=self.kmsg_start_seq)
 
     @cached_property
-    def copies(self) -> list[ev.CopyRecord]:
-        return ev.parse_copy_records(self.kmsg)
+    def records(self) -> list[ev.ModuleRecord]:
+        return ev.parse_records(self.kmsg)
 
-    def copy_records(self, kind: str) -> list[ev.CopyRecord]:
-        return [c for c in self.copies if c.kind == kind]
+    def module_records(self, kind: str) -> list[ev.ModuleRecord]:
+        return [c for c in self.records if c.kind == kind]
+
+    def frame_records(self, kind: str) -> list[ev.ModuleRecord]:
+        """[TX]/[RX] records of this run's frame: TX records of another length (ARP) are left out
+        when one has the frame's length."""
+        recs = self.module_records(kind)
+        if kind == "TX":
+            recs = [r for r in recs if r.len == self.frame_len] or recs
+        return recs
 
     @cached_property
     def sender(self) -> ev.SenderReport:
@@ -123,3 +139,72 @@ class RunData:
     def rxmsg_event(self) -> ev.TraceEvent | None:
         evs = self.trace_events("copylab_rxmsg", self.recv_comm)
         return evs[-1] if evs else None
+
+    # ---- lab 2: the frame on the network cards ----
+    @property
+    def frame_len(self) -> int:
+        return self.payload_len + FRAME_HEADERS
+
+    def _carrying_message(self, event: str) -> ev.TraceEvent | None:
+        """The guest trace's event of a driver probe whose frame carries this run's message."""
+        for e in self.trace_events(event):
+            if e.num("len") is not None and e.num("len") >= self.frame_len and e.payload() == self.message.encode():
+                return e
+        return None
+
+    def nic_tx_event(self) -> ev.TraceEvent | None:
+        """e1000_xmit_frame with the message's frame (the guest's own view of the TX skb)."""
+        return self._carrying_message("copylab_nic_tx")
+
+    def nic_rx_event(self) -> ev.TraceEvent | None:
+        """e1000_receive_skb with the message's frame (the skb the driver hands the stack)."""
+        return self._carrying_message("copylab_nic_rx")
+
+    @property
+    def card(self) -> HostEvidence | None:
+        """The cards seen from the hypervisor, when that source ran."""
+        e = self.host_evidence.get(NIC_SOURCE)
+        return e if e is not None and e.ok else None
+
+    def card_reads(self) -> list[dict]:
+        """The buffers the card read a frame of this run's frame length from (copy #2)."""
+        c = self.card
+        return [o.values for o in c.of("nic_tx") if o.values.get("len") == self.frame_len] if c else []
+
+    def card_write(self) -> dict | None:
+        """The buffer the card wrote this run's frame into (copy #3): the one the hypervisor read the
+        message in at its payload offset ("seen": True); else, when the driver handed that buffer up
+        itself and the stack freed it before the hypervisor looked, the one at the physical address
+        of the skb the guest trace saw at e1000_receive_skb ("seen": False)."""
+        c = self.card
+        if c is None:
+            return None
+        want = self.message.encode()
+        writes = [o.values for o in c.of("nic_rx")]
+        for w in writes:
+            if (w.get("bytes") or b"")[FRAME_HEADERS:FRAME_HEADERS + len(want)] == want:
+                return dict(w, seen=True)
+        handed_up, base = self.nic_rx_event(), self.direct_map_base
+        if handed_up is not None and base is not None and handed_up.num("data") is not None:
+            for w in writes:
+                if w["addr"] == handed_up.num("data") - base and w["len"] >= self.frame_len:
+                    return dict(w, seen=False)
+        return None
+
+    def received_len(self) -> int:
+        """The length of the frame the driver received: the card's write, else the [RX] record's."""
+        wrote = self.card_write()
+        if wrote is not None:
+            return wrote["len"]
+        rx = self.module_records("RX")
+        return rx[0].len if len(rx) == 1 else max(self.frame_len, ETH_MIN_FRAME)
+
+    def driver_copies(self) -> bool | None:
+        """Whether the e1000e driver copied the frame into a fresh skb (shorter than copybreak)."""
+        return None if self.copybreak is None else self.received_len() < self.copybreak
+
+    @property
+    def direct_map_base(self) -> int | None:
+        c = self.card
+        found = c.of("direct_map") if c else []
+        return found[0].num("base") if found else None

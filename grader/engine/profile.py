@@ -25,6 +25,7 @@ class KernelProfile:
     user_max: int
     trace_group: str
     event_templates: dict[str, str]
+    lab_event_templates: dict[str, dict[str, str]] = field(default_factory=dict)
     path: Path | None = None
     raw: dict = field(default_factory=dict, repr=False)
 
@@ -41,12 +42,24 @@ class KernelProfile:
         # every iov_iter field also as its offset in a msghdr (msghdr_iov, msghdr_ubuf, ...)
         in_msghdr = {"msghdr_" + k.removeprefix("iov_iter_"): o["msghdr_msg_iter"] + v
                      for k, v in o.items() if k.startswith("iov_iter_")}
-        return {"group": self.trace_group, "skb_data": o["sk_buff_data"], **in_msghdr, **o}
+        return {"group": self.trace_group, "skb_data": o["sk_buff_data"],
+                **({"skb_len": o["sk_buff_len"]} if "sk_buff_len" in o else {}), **in_msghdr, **o}
 
-    def kprobe_events(self) -> dict[str, str]:
-        """Event name -> tracefs ``kprobe_events`` line, offsets filled in."""
+    def kprobe_events(self, lab: str | None = None) -> dict[str, str]:
+        """Event name -> tracefs ``kprobe_events`` line, offsets filled in: the events every lab
+        traces, plus the lab's own ([trace.labs.<lab>.events], e.g. lab 2's driver functions)."""
         ph = self.placeholders()
-        return {name: tpl.format(**ph) for name, tpl in self.event_templates.items()}
+        templates = dict(self.event_templates)
+        if lab:
+            templates.update(self.lab_event_templates.get(lab, {}))
+        return {name: tpl.format(**ph) for name, tpl in templates.items()}
+
+    def all_kprobe_events(self) -> dict[str, str]:
+        """Every lab's events (what a reset removes)."""
+        events = self.kprobe_events()
+        for lab in self.lab_event_templates:
+            events.update(self.kprobe_events(lab))
+        return events
 
     def witness_plan(self) -> dict:
         """The [witness] section resolved for the gdb script: each point's symbol name and argument
@@ -107,6 +120,7 @@ def load_profile(release: str | Path, profiles_dir: str | Path | None = None) ->
             if k not in offsets:
                 raise LabSpecError(f"{where}: [offsets] missing {k}")
         events = dict(data["trace"]["events"])
+        lab_events = {lab: dict(t.get("events", {})) for lab, t in data["trace"].get("labs", {}).items()}
         for k in REQUIRED_EVENTS:
             if k not in events:
                 raise LabSpecError(f"{where}: [trace.events] missing {k}")
@@ -115,11 +129,12 @@ def load_profile(release: str | Path, profiles_dir: str | Path | None = None) ->
             offsets=offsets, kernel_min=_int(data["addresses"]["kernel_min"], where),
             user_max=_int(data["addresses"]["user_max"], where),
             trace_group=data["trace"].get("group", "copylab"), event_templates=events,
+            lab_event_templates=lab_events,
             path=path, raw=data)
     except KeyError as e:
         raise LabSpecError(f"{where}: missing {e}") from e
     try:
-        prof.kprobe_events()
+        prof.all_kprobe_events()
     except (KeyError, IndexError, ValueError) as e:
         raise LabSpecError(f"{where}: bad event template: {e}") from e
     return prof

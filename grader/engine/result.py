@@ -8,7 +8,7 @@ from pathlib import Path
 from .checks import CheckResult, hx
 from .journey import journey_from_result
 from .journey import render_text as journey_text
-from .model import RunData
+from .model import FRAME_HEADERS, RunData
 
 SCHEMA_VERSION = 1
 ARTIFACT_NAMES = ("build.log", "kmsg.txt", "sender.out", "receiver.out", "trace.txt")
@@ -16,8 +16,8 @@ ARTIFACT_NAMES = ("build.log", "kmsg.txt", "sender.out", "receiver.out", "trace.
 
 def trace_table(run: RunData) -> list[dict]:
     """The narrative's 7 steps, filled with this run's real addresses ("?" where unknown)."""
-    c1 = run.copy_records("COPY1")
-    c4 = run.copy_records("COPY4")
+    c1 = run.module_records("COPY1")
+    c4 = run.module_records("COPY4")
     c1 = c1[0] if len(c1) == 1 else None
     c4 = c4[0] if len(c4) == 1 else None
     tx, rx = run.tx_event(), run.rx_event()
@@ -53,6 +53,75 @@ def trace_table(run: RunData) -> list[dict]:
     ]
 
 
+def _one_record(run: RunData, kind: str):
+    recs = run.frame_records(kind)
+    return recs[0] if len(recs) == 1 else None
+
+
+def is_wire_run(run: RunData) -> bool:
+    """A run over the network cards (lab 2): the lab network was set up, or records or the card say so."""
+    return run.net_status is not None or run.card is not None or bool(run.module_records("TX"))
+
+
+def wire_table(run: RunData) -> list[dict]:
+    """Lab 2's journey, both sides: what the guest saw (the module's records, the programs) and what
+    the hypervisor saw the card do, at this run's addresses ("?" where unknown, "-" where that side
+    has nothing to see)."""
+    c1, c4 = _one_record(run, "COPY1"), _one_record(run, "COPY4")
+    tx, rx, brk = _one_record(run, "TX"), _one_record(run, "RX"), _one_record(run, "COPYBREAK")
+    read = run.card_reads()[-1] if run.card_reads() else None
+    wrote = run.card_write()
+    base = run.direct_map_base
+    q, n = f'"{run.message}"', run.payload_len
+    no_card = "?" if run.card is None else "-"
+
+    def phys(rec):
+        return f"{hx(rec.data)} (pa {hx(rec.pa)})" if rec else "?"
+
+    if c4 is None or c4.src is None:
+        copy4_card = "?"
+    elif wrote is None or base is None:
+        copy4_card = no_card
+    else:
+        inside = c4.src - FRAME_HEADERS - base == wrote["addr"]
+        copy4_card = f"reads {'inside' if inside else 'outside'} the buffer the card wrote"
+    copybreak = (f"{hx(brk.src)} -> {hx(brk.dest)}" if brk else
+                 "no copy" + (f" (copybreak={run.copybreak})" if run.copybreak is not None else ""))
+    return [
+        {"step": 1, "action": "sender fills its buffer (user space)",
+         "location": f"sender buffer {hx(run.sender.buffer)}", "card": "-", "data": f"{q} ({n} bytes)"},
+        {"step": 2, "action": "copy #1 _copy_from_iter: user -> kernel (skb)",
+         "location": f"{hx(c1.src if c1 else None)} -> {hx(c1.dest if c1 else None)}", "card": "-",
+         "data": f"len={c1.len if c1 else '?'}"},
+        {"step": 3, "action": "e1000_xmit_frame: the driver gives the card the skb's physical address",
+         "location": f"skb->data {phys(tx)}", "card": "-",
+         "data": f"len={tx.len if tx else '?'} ({n} + {FRAME_HEADERS} header bytes)"},
+        {"step": 4, "action": "copy #2: the card reads the frame out of RAM (DMA)",
+         "location": "-", "card": f"read {hx(read['addr'])}" if read else no_card,
+         "data": f"len={read['len']}" if read else "?"},
+        {"step": 5, "action": "copy #3: the other card writes it into a receive buffer (DMA)",
+         "location": f"receive buffer {phys(rx)}",
+         "card": f"wrote {hx(wrote['addr'])}" if wrote else no_card,
+         "data": f"len={wrote['len']}, {q} at +{FRAME_HEADERS}" if wrote else f"len={rx.len if rx else '?'}"},
+        {"step": 6, "action": "copybreak: the CPU copies a small frame into a fresh skb",
+         "location": copybreak, "card": "-", "data": f"len={brk.len}" if brk else "-"},
+        {"step": 7, "action": "copy #4 _copy_to_iter: kernel (skb) -> user",
+         "location": f"{hx(c4.src if c4 else None)} -> {hx(c4.dest if c4 else None)}", "card": copy4_card,
+         "data": f"len={c4.len if c4 else '?'}"},
+        {"step": 8, "action": "receiver's buffer holds the message (user space)",
+         "location": f"receiver buffer {hx(run.receiver.buffer)}", "card": "-",
+         "data": (f'"{run.receiver.received_text}"' if run.receiver.received_text is not None else "?")},
+    ]
+
+
+def copies_and_places(run: RunData) -> tuple[int, int]:
+    """(copies of the payload, buffers holding it) for this run's path."""
+    if not is_wire_run(run):
+        return 2, 3
+    copied = bool(run.module_records("COPYBREAK")) or bool(run.driver_copies())
+    return 4 + copied, 4 + copied
+
+
 def build_result(run: RunData, checks: list[CheckResult], artifacts: dict[str, str] | None = None,
                  max_score: int | None = None) -> dict:
     env = {"kernel_release": None, "arch": None, "module_sha256": run.module_sha256,
@@ -73,9 +142,10 @@ def build_result(run: RunData, checks: list[CheckResult], artifacts: dict[str, s
         "phases": [p.as_dict() for p in run.phases.values()],
         "environment": env,
         "disk_free_after_run_bytes": run.disk_free_bytes,
-        "trace_table": trace_table(run),
-        "copies": 2,
-        "bytes_held": 3 * run.payload_len,
+        "trace_table": wire_table(run) if is_wire_run(run) else trace_table(run),
+        "copies": copies_and_places(run)[0],
+        "places": copies_and_places(run)[1],
+        "bytes_held": copies_and_places(run)[1] * run.payload_len,
         "artifacts": dict(artifacts or {}),
         # what was seen from outside the guest, and from where (grader/engine/hostevidence.py)
         "host_evidence": {name: e.as_dict() for name, e in run.host_evidence.items()},
@@ -110,7 +180,8 @@ MARK_SYMBOL = {"good": "+", "bad": "x", "missing": "?", "info": " "}
 
 
 def render_table(rows: list[dict]) -> str:
-    heads = ("step", "action", "location", "data")
+    heads = ("step", "action", "location", "card", "data") if any("card" in r for r in rows) \
+        else ("step", "action", "location", "data")
     cells = [[str(r[h]) for h in heads] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -142,6 +213,6 @@ def render_text(result: dict) -> str:
     lines.append("")
     lines.append(journey_text(journey_from_result(result)))
     lines.append(f"the message's journey ({result['copies']} copies, "
-                 f"{result['bytes_held']} bytes held in 3 buffers):")
+                 f"{result['bytes_held']} bytes held in {result.get('places', 3)} buffers):")
     lines.append(render_table(result["trace_table"]))
     return "\n".join(lines) + "\n"

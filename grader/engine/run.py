@@ -20,6 +20,7 @@ Phases: acquire, verify, upload, build, trace_start, load, run, collect, unload,
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 import shlex
@@ -131,7 +132,8 @@ class GradingRun:
                  port: int | None = None, runid: str | None = None,
                  rng: random.Random | None = None, helper: str = HELPER,
                  runs_dir: str = RUNS_DIR, poll_interval: float = 0.1, sudo: str = "sudo -n",
-                 build_place: str = "auto", program_user: str | None = PROGRAM_USER):
+                 build_place: str = "auto", program_user: str | None = PROGRAM_USER,
+                 copybreak: int | None = None, host_evidence_required: bool = True):
         if build_place not in BUILD_PLACES:
             raise ValueError(f"build_place must be one of {BUILD_PLACES}: {build_place!r}")
         self.build_place = build_place
@@ -155,7 +157,12 @@ class GradingRun:
             raise ValueError(f"message must be [A-Za-z0-9_]+: {message!r}")
         self.run = RunData(lab_id=lab.id, runid=runid, message=message,
                            port=port if port is not None else new_port(lab, rng),
-                           profile=self.profile, send_comm=lab.send_comm, recv_comm=lab.recv_comm)
+                           profile=self.profile, send_comm=lab.send_comm, recv_comm=lab.recv_comm,
+                           receiver_addr=lab.receiver_addr)
+        # the e1000e driver's copybreak the lab network is set up with (None: the driver's own)
+        self.copybreak = copybreak if copybreak is not None else lab.copybreak
+        # False for `make check` in the student's own VM: no hypervisor view there, the checks say so
+        self.host_evidence_required = host_evidence_required
         self.rdir = f"{runs_dir}/{runid}"
         for name in ("acquire", "verify", "upload", "build", "trace_start", "load", "run",
                      "collect", "unload", "release"):
@@ -199,7 +206,9 @@ class GradingRun:
             return None
 
     def _fmt(self, template: str) -> str:
-        return template.format(message=self.run.message, port=self.run.port, runid=self.run.runid)
+        return template.format(message=self.run.message, port=self.run.port, runid=self.run.runid,
+                               addr=self.run.receiver_addr,
+                               copybreak="" if self.copybreak is None else self.copybreak)
 
     def phase(self, name: str, fn) -> bool:
         """Run one phase, record status, duration and detail. True when it ended ok."""
@@ -274,8 +283,29 @@ class GradingRun:
         if self.program_user and "program-user-ok" not in lines:
             raise PhaseFailed("failed", f"the VM has no account {self.program_user!r} for the student's "
                                         f"programs: provision it with provision/site.yml")
+        network = self._set_up_network(dl)
         watching = self._prepare_host_evidence()
-        return f"kernel {release}, self-test ok" + (f"; watched from outside by {watching}" if watching else "")
+        return (f"kernel {release}, self-test ok" + network
+                + (f"; watched from outside by {watching}" if watching else ""))
+
+    def _set_up_network(self, dl) -> str:
+        """The lab's network ([network] setup, a helper command) before any student code: its failure
+        is the grader's. The helper answers with its net-status JSON, kept in the run."""
+        if not self.lab.net_setup:
+            return ""
+        args = [a for a in (self._fmt(a) for a in self.lab.net_setup) if a]
+        r = self.sh(self.helper_cmd(*args), dl.left())
+        try:
+            status = json.loads(r.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            status = None
+        self.run.net_status = status if isinstance(status, dict) else None
+        if not r.ok or self.run.net_status is None:
+            raise PhaseFailed("timeout" if r.timed_out else "failed",
+                              f"the lab network could not be set up ({' '.join(args)}): "
+                              f"{(r.stderr or r.stdout).strip()[:500]}")
+        self.run.copybreak = self.run.net_status.get("copybreak")
+        return f"; network up ({' '.join(args)}, copybreak {self.run.copybreak})"
 
     def _prepare_host_evidence(self) -> str:
         """Each source the lab asks for, prepared while the guest is still clean. A required source
@@ -291,7 +321,7 @@ class GradingRun:
                     source, why = None, str(e)
             if source is None:
                 self.run.host_evidence[name] = unavailable(name, why)
-                if name in self.lab.host_evidence_required:
+                if name in self.lab.host_evidence_required and self.host_evidence_required:
                     raise PhaseFailed("failed", f"host evidence {name!r} is required by the lab and "
                                                 f"unavailable: {why}")
                 continue
@@ -421,7 +451,8 @@ class GradingRun:
 
     def p_trace_start(self, dl):
         # one helper call (each costs about a second under TCG): "kmsg-seq N", "taint T", then trace-start
-        r = self.sh(self.helper_cmd("begin", self.run.runid), dl.left())
+        own = [self.lab.id] if self.lab.id in self.profile.lab_event_templates else []
+        r = self.sh(self.helper_cmd("begin", self.run.runid, *own), dl.left())
         facts = dict(line.split(" ", 1) for line in r.stdout.splitlines()[:2] if " " in line)
         try:
             self.run.kmsg_start_seq = int(facts["kmsg-seq"])
@@ -449,7 +480,12 @@ class GradingRun:
     def p_run(self, dl):
         run, d = self.run, shlex.quote(self.rdir)
         tmo = max(1, int(self.lab.timeout("run")))
-        recv = self.as_program_user(f"timeout -k 2 {tmo} {self._fmt(self.lab.receiver_command)}")
+        if self.lab.receiver_via == "net-run":
+            # inside the receiver's network namespace: only the root helper can enter it
+            recv = self.helper_cmd("net-run", "-t", str(tmo), self.program_user or "-",
+                                   *shlex.split(self._fmt(self.lab.receiver_command)))
+        else:
+            recv = self.as_program_user(f"timeout -k 2 {tmo} {self._fmt(self.lab.receiver_command)}")
         inner = f"{recv} </dev/null >receiver.out 2>&1; echo $? >receiver.rc"
         # $! is setsid's pid, which becomes the receiver's session and process group id
         r = self.sh(f"cd {d} && rm -f receiver.out receiver.rc || exit 1; "

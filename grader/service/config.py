@@ -95,6 +95,9 @@ class Defaults:
     PRIORITY_REGRADE = 10
     WORKER_NAME = None                      # default: <hostname>-<instance hash>; one worker process per name
     POOL_QEMU_VMS = 1                       # QEMU lab VMs from the golden image in this worker's pool
+    POOL_QEMU_SHAPES = {"e1000e-pair": 1}   # more QEMU lab VMs by the shape a lab asks for ([vm] nics in its
+                                            # lab.toml; "e1000e-pair": lab 2's two network cards); booted at the
+                                            # first job of such a lab
     POOL_GOLDEN = None                      # golden image folder (default: newest of POOL_SUITE in the image cache)
     POOL_SUITE = "bookworm"                 # the cohort's lab VMs: Debian 12 "bookworm" (kernel 6.1) or 13 "trixie" (6.12)
     POOL_HOSTS = []                         # inventory hosts: [{"host", "port", "key", "known_hosts", "user"}]

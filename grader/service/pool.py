@@ -1,5 +1,8 @@
 """A pool of lab VMs: one grading job per VM at a time; a dead VM is replaced before its next job.
 
+Each slot holds VMs of one shape, the shape a lab asks for in its spec ([vm] nics: "" for the plain
+lab VM, "e1000e-pair" for lab 2's two network cards); a job leases a slot of its lab's shape.
+
 Slots are filled lazily from factories (QEMU VMs from the golden image, inventory hosts). QEMU slots
 are persistent: their overlay keeps the clean snapshot, so a restarted worker resumes them in seconds.
 """
@@ -24,10 +27,15 @@ class Slot:
     jobs: int = 0
     replaced: int = 0
     busy_with: int | None = field(default=None)
+    shape: str = ""        # the lab spec's [vm] nics this slot's VMs have
 
 
 class PoolClosed(Exception):
     pass
+
+
+class NoVMOfShape(Exception):
+    """The pool has no slot of the VM shape a lab asks for (a configuration problem, not the student's)."""
 
 
 class VMPool:
@@ -35,9 +43,9 @@ class VMPool:
         if not slots:
             raise ValueError("the VM pool is empty: set GRADER_POOL_QEMU_VMS or GRADER_POOL_HOSTS")
         self.slots = slots
-        self._free: queue.Queue[Slot] = queue.Queue()
+        self._free: dict[str, queue.Queue[Slot]] = {}
         for s in slots:
-            self._free.put(s)
+            self._free.setdefault(s.shape, queue.Queue()).put(s)
         self._closed = threading.Event()
 
     @property
@@ -45,11 +53,16 @@ class VMPool:
         return len(self.slots)
 
     @contextmanager
-    def lease(self, job_id: int | None = None, timeout: float | None = None):
-        """Yield a Slot whose ``vm`` is ready for the engine (it acquires/releases the VM itself)."""
+    def lease(self, job_id: int | None = None, timeout: float | None = None, shape: str = ""):
+        """Yield a Slot of this VM shape whose ``vm`` is ready for the engine (it acquires/releases the
+        VM itself)."""
         if self._closed.is_set():
             raise PoolClosed("the VM pool is shut down")
-        slot = self._free.get(timeout=timeout)
+        free = self._free.get(shape)
+        if free is None:
+            raise NoVMOfShape(f"the VM pool has no lab VM of shape {shape!r} (has: "
+                              f"{', '.join(repr(s) for s in sorted(self._free))}); see POOL_QEMU_SHAPES")
+        slot = free.get(timeout=timeout)
         slot.busy_with = job_id
         try:
             if slot.vm is None:
@@ -60,7 +73,7 @@ class VMPool:
             slot.busy_with = None
             if slot.vm is not None and not self._healthy(slot.vm):
                 self.replace(slot, "the VM died or could not be reset")
-            self._free.put(slot)
+            free.put(slot)
 
     @staticmethod
     def _healthy(vm) -> bool:
@@ -82,7 +95,7 @@ class VMPool:
                 log.warning("VM %s did not shut down cleanly: %s", slot.name, e)
 
     def status(self) -> list[dict]:
-        return [{"name": s.name, "busy_with": s.busy_with, "jobs": s.jobs, "replaced": s.replaced,
+        return [{"name": s.name, "shape": s.shape, "busy_with": s.busy_with, "jobs": s.jobs, "replaced": s.replaced,
                  "up": s.vm is not None,
                  "qemu": s.vm.confinement() if hasattr(s.vm, "confinement") else None} for s in self.slots]
 
@@ -127,24 +140,31 @@ def check_qemu_account(config: dict, instance_path: str | Path | None):
 
 
 def pool_from_config(config: dict, progress=None, instance_path: str | Path | None = None) -> VMPool:
-    """QEMU VMs (POOL_QEMU_VMS of them, from POOL_GOLDEN or the newest cached golden image of POOL_SUITE, as
-    POOL_QEMU_USER, checked against the instance at ``instance_path``) and inventory hosts (POOL_HOSTS)."""
-    from grader.vm.labvm import QemuLabVM, StaticHostVM, find_golden
+    """QEMU VMs (POOL_QEMU_VMS plain ones and POOL_QEMU_SHAPES of other shapes, from POOL_GOLDEN or
+    the newest cached golden image of POOL_SUITE, as POOL_QEMU_USER, checked against the instance at
+    ``instance_path``) and inventory hosts (POOL_HOSTS, plain shape)."""
+    from grader.vm.labvm import QemuLabVM, StaticHostVM, find_golden, shape_options
 
     slots: list[Slot] = []
-    n = int(config.get("POOL_QEMU_VMS") or 0)
-    if n:
+    counts = {"": int(config.get("POOL_QEMU_VMS") or 0)}
+    for shape, n in (config.get("POOL_QEMU_SHAPES") or {}).items():
+        shape_options(shape)    # an unknown shape is refused here, not at the first lab 2 job
+        counts[shape] = int(n)
+    if any(counts.values()):
         golden = Path(config["POOL_GOLDEN"]) if config.get("POOL_GOLDEN") else \
             find_golden(suite=config.get("POOL_SUITE"))
         vmdir = Path(config["POOL_VM_DIR"])
         account = check_qemu_account(config, instance_path)
-        for i in range(n):
-            name = f"vm{i + 1}"
+        for shape, n in counts.items():
+            for i in range(n):
+                # plain VMs keep their names (vm1..): their persistent overlays are resumed by name
+                name = f"vm{i + 1}" if not shape else f"{shape}-vm{i + 1}"
 
-            def factory(name=name):
-                return QemuLabVM(golden=golden, workdir=vmdir / name, name=name, persistent=True,
-                                 progress=progress, qemu_user=account.name if account.switched else "")
-            slots.append(Slot(name, factory))
+                def factory(name=name, shape=shape):
+                    return QemuLabVM(golden=golden, workdir=vmdir / name, name=name, persistent=True,
+                                     progress=progress, qemu_user=account.name if account.switched else "",
+                                     **shape_options(shape))
+                slots.append(Slot(name, factory, shape=shape))
     for h in config.get("POOL_HOSTS") or []:
         name = f"{h['host']}:{h.get('port', 22)}"
 

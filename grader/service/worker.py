@@ -120,7 +120,7 @@ class Worker:
                 shutil.copyfile(self.store.submission_dir(storage_key) / name, subdir / name)
             outdir = tmp / "out"
             db.session.remove()  # no database connection held while grading
-            with self.pool.lease(job_id) as slot:
+            with self.pool.lease(job_id, shape=lab.vm_shape) as slot:
                 hb.phase = f"grading on {slot.name}"
                 result = self.runner(lab, slot.vm, subdir, outdir)
                 why = vm_fault(slot.vm) or infrastructure_failure(result)

@@ -19,6 +19,15 @@ from grader.errors import VMError
 from grader.vm.qemu import ImageSpec, QemuVM, VMCrashed, scratch_dir
 
 SNAPSHOT = "clean"
+# the VM shapes a lab spec may ask for ([vm] nics, grader/engine/labspec.py VM_SHAPES) -> QemuLabVM options
+SHAPES = {"": {}, "e1000e-pair": {"nic_pair": True}}
+
+
+def shape_options(shape: str) -> dict:
+    try:
+        return dict(SHAPES[shape])
+    except KeyError:
+        raise VMError(f"no lab VM shape {shape!r} (known: {', '.join(repr(s) for s in SHAPES)})") from None
 
 
 def default_cache() -> Path:

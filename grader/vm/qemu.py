@@ -571,7 +571,7 @@ class QemuVM:
         # keep the serial log across restarts (crash evidence); mark where this boot starts
         self._serial_mark = self.serial_log.stat().st_size if self.serial_log.exists() else 0
         self._outside = self._outside or self._outside_now()   # a restart must not erase why the last one ended
-        self._stderr_path = self.workdir / f"{self.name}.qemu.err"
+        self._stderr_path = self.stderr_path
         self._stopping = False
         self.confinement = None
         files = QemuFiles()
@@ -601,6 +601,12 @@ class QemuVM:
             time.sleep(0.1)
         self.kill()
         return f"QEMU did not open its monitor within {timeout:.0f}s"
+
+    @property
+    def stderr_path(self) -> Path:
+        """QEMU's stderr of the current launch (truncated at each launch): warnings, and the `log`
+        trace backend's lines (grader/vm/nictrace.py)."""
+        return self.workdir / f"{self.name}.qemu.err"
 
     def _stderr_text(self) -> str:
         try:

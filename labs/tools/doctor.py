@@ -111,10 +111,10 @@ def dmesg_access() -> str:
     return f"no: dmesg: {err.strip() or rc}; sudo dmesg: {err2.strip() or rc2}"
 
 
-def root_facts(symbols: list[str]) -> dict:
-    """What only root can see (kprobes state, blacklist, lockdown, a live probe self-test), from the
-    copylab helper: run directly as root, else through the lab's sudo rule."""
-    cmd = [HELPER, "doctor", *symbols]
+def helper_json(*args: str) -> dict:
+    """One JSON answer of the copylab helper: run directly as root, else through the lab's sudo rule;
+    {"error": why} when it does not answer."""
+    cmd = [HELPER, *args]
     if os.geteuid() != 0:
         cmd = ["sudo", "-n", *cmd]
     rc, out, err = run(cmd, timeout=120)
@@ -124,6 +124,26 @@ def root_facts(symbols: list[str]) -> dict:
         return json.loads(out)
     except ValueError:
         return {"error": f"unreadable answer from the helper: {out[:200]!r}"}
+
+
+def root_facts(symbols: list[str]) -> dict:
+    """What only root can see (kprobes state, blacklist, lockdown, a live probe self-test)."""
+    return helper_json("doctor", *symbols)
+
+
+def cards_present(status: dict) -> bool:
+    return bool(status.get("nics")) and all(n.get("present") for n in status["nics"])
+
+
+def network_probes(manifest: dict, networks: dict) -> dict:
+    """lab -> the helper's doctor answers for the lab's own probe points (two symbols per self-test),
+    looked at only when the lab's cards are there (a driver's symbols exist only with its cards)."""
+    out = {}
+    for lab, net in manifest.get("lab_networks", {}).items():
+        syms = net["probe_symbols"]
+        out[lab] = ([root_facts(syms[i:i + 2]) for i in range(0, len(syms), 2)]
+                    if cards_present(networks.get(lab, {})) else [])
+    return out
 
 
 def vm_facts(manifest: dict) -> dict:
@@ -146,6 +166,7 @@ def vm_facts(manifest: dict) -> dict:
                         future.append(str(p))
                 except OSError:
                     pass
+    networks = {lab: helper_json("net-status") for lab in manifest.get("lab_networks", {})}
     disk_at = labs_dir if labs_dir and labs_dir.exists() else Path("/")
     st = os.statvfs(disk_at)
     return {
@@ -169,6 +190,8 @@ def vm_facts(manifest: dict) -> dict:
         "labs_missing": {lab: [f for f in LAB_FILES if not (labs_dir and (labs_dir / lab / f).is_file())]
                          for lab in manifest["labs"]},
         "check_command": shutil.which(CHECK_COMMAND, path=os.environ.get("PATH", "") + ":/usr/local/bin"),
+        "networks": networks,
+        "network_probes": network_probes(manifest, networks),
         "root": root_facts(manifest["probe_symbols"]),
     }
 
@@ -227,6 +250,9 @@ def evaluate_vm(f: dict, m: dict) -> list[Finding]:
     out.append(fail("compiler", f"missing: {', '.join(missing_tools)}", "sudo apt-get install build-essential")
                if missing_tools else ok("compiler", "gcc and make"))
     out.extend(_root_findings(f["root"], m["probe_symbols"], rel, want))
+    for lab, net in m.get("lab_networks", {}).items():
+        out.extend(_network_findings(lab, net, f.get("networks", {}).get(lab, {"error": "not looked at"}),
+                                     f.get("network_probes", {}).get(lab, []), rel))
     for key, value in m["sysctls"].items():
         got = f["sysctls"].get(key)
         if got == value:
@@ -300,6 +326,57 @@ def _root_findings(r: dict, symbols: list[str], rel: str, want: str) -> list[Fin
         out.append(fail("lockdown", f"kernel lockdown is '{lock}': unsigned modules (the lab's) are refused",
                         "lockdown is only lifted by a reboot without it: turn Secure Boot off in the VM's "
                         "firmware settings, then on the host: vagrant reload"))
+    return out
+
+
+def _network_probe_finding(lab: str, net: dict, answers: list[dict], rel: str) -> Finding:
+    wrong = []
+    for r in answers:
+        if "error" in r:
+            wrong.append(r["error"])
+            continue
+        wrong += [f"{s} is not a symbol of kernel {rel}" for s, there in r.get("kallsyms", {}).items() if not there]
+        wrong += [f"{s} is on the kprobe blacklist" for s in r.get("blacklisted", [])]
+        if r.get("selftest", {}).get("status") != "ok":
+            wrong.append(f"self-test: {r.get('selftest', {}).get('detail', 'no result')}")
+    if wrong:
+        return warn(f"{lab} probes", "; ".join(wrong), "lsmod | grep " + net["driver"] + "   (the cards' driver "
+                    "must be loaded); else on the host: vagrant provision && vagrant reload")
+    return ok(f"{lab} probes", f"register_kprobe accepted {', '.join(net['probe_symbols'])}")
+
+
+def _network_findings(lab: str, net: dict, st: dict, probes: list[dict], rel: str) -> list[Finding]:
+    """A lab's network (lab 2: two cards joined to each other, the second in its own namespace). Only
+    warnings: the other labs work without it (the root helper's own failure is reported once, above)."""
+    if "error" in st:
+        return [warn(f"{lab} network", f"the copylab helper could not report the lab network: {st['error']}",
+                     "on the host: vagrant provision   (restores the helper and the lab's sudo rules)")]
+    missing = [n["mac"] for n in st.get("nics", []) if not n.get("present")]
+    if missing or not st.get("nics"):
+        return [warn(f"{lab} cards", f"no {net['driver']} card with MAC {', '.join(missing) or 'any'}: {lab} "
+                     f"needs two cards joined to each other",
+                     "on the host: vagrant reload   (the kit's Vagrantfile gives the VM both cards)")]
+    names = ", ".join(f"{n['name']} ({n['mac']})" for n in st["nics"])
+    out = [ok(f"{lab} cards", names), _network_probe_finding(lab, net, probes, rel)]
+    if st.get("ready"):
+        where = "; ".join(f"{n['addresses'][0]} on {n['name']}" + (f" in {n['namespace']}" if n["namespace"] else "")
+                          for n in st["nics"])
+        out.append(ok(f"{lab} network", f"{where}; copybreak {st.get('copybreak')}"))
+        return out
+    wrong = []
+    if not st.get("namespace_exists"):
+        wrong.append(f"no network namespace {net['namespace']}")
+    for n in st["nics"]:
+        want_ns = net["namespace"] if n.get("role") != "sender" else ""
+        if n.get("namespace", "") != want_ns:
+            wrong.append(f"{n['name']} is in namespace '{n.get('namespace') or 'the first'}', not "
+                         f"'{want_ns or 'the first'}'")
+        if not (n.get("up") and n.get("carrier")):
+            wrong.append(f"{n['name']} is down")
+        if n.get("addresses") != [n.get("want")]:
+            wrong.append(f"{n['name']} has {', '.join(n.get('addresses') or []) or 'no address'}, not {n.get('want')}")
+    out.append(warn(f"{lab} network", "not set up: " + "; ".join(wrong or ["not ready"]),
+                    f"cd ~/labs/{lab} && make net   (make check runs it too)"))
     return out
 
 

@@ -34,8 +34,23 @@ REL = MANIFEST["kernels"][SUITE]["x86_64"]["release"]
 PKG = MANIFEST["kernels"][SUITE]["x86_64"]["package_version"]
 
 
+LAB2 = MANIFEST["lab_networks"]["lab2"]
+
+
+def lab2_status(ready: bool = True) -> dict:
+    """The helper's net-status of a VM with lab 2's two cards, after `make net` when ready."""
+    nics = [{"role": role, "mac": mac, "want": want, "present": True, "name": name,
+             "namespace": ns if ready else "", "up": ready, "carrier": ready,
+             "addresses": [want] if ready else [], "rx_packets": 3, "tx_packets": 3}
+            for role, (mac, want), name, ns in zip(("sender", "receiver"), LAB2["cards"].items(),
+                                                   ("eth1", "eth2"), ("", LAB2["namespace"]))]
+    return {"namespace": LAB2["namespace"], "namespace_exists": ready, "copybreak": 256, "nics": nics,
+            "ready": ready}
+
+
 def good_vm_facts() -> dict:
     """The facts of a correctly provisioned lab VM, as vm_facts() gathers them."""
+    symbols = MANIFEST["probe_symbols"]
     return {
         "user": "student", "arch": "x86_64", "suite": SUITE, "release": REL,
         "version": f"#1 SMP PREEMPT_DYNAMIC Debian {PKG} (2025-10-01)",
@@ -43,10 +58,15 @@ def good_vm_facts() -> dict:
         "headers_pkg": PKG, "tools": {"gcc": True, "make": True},
         "dmesg_restrict": "1", "dmesg": "sudo", "sysctls": {"kernel.modules_disabled": "0"},
         "free_mb": 4000, "disk_path": "/home/student/labs", "now": time.time(), "future_files": [],
-        "labs_dir": "/home/student/labs", "labs_missing": {"lab1": []},
+        "labs_dir": "/home/student/labs", "labs_missing": {"lab1": [], "lab2": []},
         "check_command": "/usr/local/bin/copylab-check",
+        "networks": {"lab2": lab2_status()},
+        "network_probes": {"lab2": [
+            {"kprobes_enabled": "1", "blacklisted": [], "lockdown": "none", "kallsyms": {s: True for s in pair},
+             "selftest": {"status": "ok", "detail": "ok"}}
+            for pair in (LAB2["probe_symbols"][:2], LAB2["probe_symbols"][2:])]},
         "root": {"kprobes_enabled": "1", "blacklisted": [], "lockdown": "none",
-                 "kallsyms": {s: True for s in MANIFEST["probe_symbols"]},
+                 "kallsyms": {s: True for s in symbols},
                  "selftest": {"status": "ok", "detail": "register_kprobe(_copy_from_iter) ok"}},
     }
 
@@ -65,7 +85,8 @@ def test_a_provisioned_vm_has_no_problem():
     names = set(by_check(findings))
     for expected in ("kernel release", "kernel build", "kernel headers", "compiler", "kprobes",
                      "probe self-test", "lockdown", "sysctl kernel.modules_disabled", "kernel log",
-                     "free disk", "clock", "lab lab1", "make check"):
+                     "free disk", "clock", "lab lab1", "lab lab2", "make check", "lab2 cards",
+                     "lab2 network", "lab2 probes"):
         assert expected in names, names
 
 
@@ -124,6 +145,45 @@ def test_each_broken_setup_is_named_with_its_fix(change, check, words, fix):
     for w in words:
         assert w in bad[check].detail, bad[check]
     assert fix in bad[check].fix, bad[check]
+
+
+def test_lab2_without_the_cards_warns_with_the_vagrant_fix_and_skips_their_probes():
+    """Lab 1 works without lab 2's cards: a warning, not a failure."""
+    f = good_vm_facts()
+    f["networks"]["lab2"]["nics"][1]["present"] = False
+    assert doctor.network_probes(MANIFEST, f["networks"]) == {"lab2": []}  # the helper is not asked
+    findings = doctor.evaluate_vm(f, MANIFEST)
+    cards = by_check(findings)["lab2 cards"]
+    assert cards.status == "warn" and not failing(findings)
+    assert "52:54:00:00:0b:01" in cards.detail and "e1000e" in cards.detail and "vagrant reload" in cards.fix
+    f["networks"]["lab2"] = {"error": "sudo: a password is required"}
+    net = by_check(doctor.evaluate_vm(f, MANIFEST))["lab2 network"]
+    assert net.status == "warn" and "password" in net.detail
+
+
+def test_lab2_network_not_set_up_is_a_warning_naming_make_net():
+    f = good_vm_facts()
+    f["networks"]["lab2"] = lab2_status(ready=False)
+    findings = by_check(doctor.evaluate_vm(f, MANIFEST))
+    net = findings["lab2 network"]
+    assert net.status == "warn" and "make net" in net.fix
+    assert "no network namespace copylab-rx" in net.detail and "eth2 is down" in net.detail
+    assert "eth2 is in namespace 'the first', not 'copylab-rx'" in net.detail
+    assert findings["lab2 cards"].status == "ok" and not failing(findings.values())
+    ready = by_check(doctor.evaluate_vm(good_vm_facts(), MANIFEST))
+    assert ready["lab2 network"].status == "ok"
+    assert "169.254.10.2/24 on eth2 in copylab-rx" in ready["lab2 network"].detail
+    assert ready["lab2 probes"].status == "ok" and "e1000_xmit_frame" in ready["lab2 probes"].detail
+
+
+def test_lab2_probe_missing_warns_naming_the_driver():
+    f = good_vm_facts()
+    f["network_probes"]["lab2"][0]["kallsyms"]["e1000_xmit_frame"] = False
+    f["network_probes"]["lab2"][0]["selftest"] = {"status": "failed", "detail": "register_kprobe(e1000_xmit_frame) "
+                                                 "failed: -2"}
+    probes = by_check(doctor.evaluate_vm(f, MANIFEST))["lab2 probes"]
+    assert probes.status == "warn" and "e1000_xmit_frame is not a symbol" in probes.detail and "-2" in probes.detail
+    assert "lsmod | grep e1000e" in probes.fix
 
 
 def test_future_dated_lab_files_warn_but_do_not_stop_the_lab():

@@ -76,3 +76,29 @@ def test_run_kernels_is_a_list_of_releases_or_a_table_by_architecture():
     assert by_arch.supported_kernels() == ["6.1.0-50-amd64", "6.1.0-50-arm64"]
     with pytest.raises(LabSpecError, match="'../etc' is not a kernel release"):
         parse_lab(spec([], run={"kernel": "6.1.0-50-amd64", "kernels": ["../etc"]}), ".")
+
+
+def test_lab2_spec_asks_for_its_vm_shape_network_and_the_cards_trace(tmp_path):
+    import pytest
+
+    from grader.engine.labspec import load_lab, parse_lab
+    from grader.engine.profile import load_profile
+    from grader.errors import LabSpecError
+
+    lab = load_lab("lab2")
+    assert (lab.vm_shape, lab.receiver_via, lab.receiver_addr, lab.copybreak) == \
+        ("e1000e-pair", "net-run", "169.254.10.2", 256)
+    assert lab.net_setup == ["net-up", "{copybreak}"]
+    assert lab.host_evidence == lab.host_evidence_required == ["nic-trace"]
+    assert lab.max_score == 100
+    events = load_profile(lab.kernel).kprobe_events(lab.id)
+    assert "e1000e:e1000_xmit_frame data=+208(%di):x64 len=+112(%di):u32" in events["copylab_nic_tx"]
+    assert "e1000e:e1000_receive_skb data=+208(%dx):x64" in events["copylab_nic_rx"]
+    assert "copylab_nic_tx" not in load_profile(lab.kernel).kprobe_events("lab1")
+    base = {"lab": {"id": "x"}, "submission": {"files": ["a.c"]}}
+    with pytest.raises(LabSpecError, match=r"\[vm\] nics must be one of"):
+        parse_lab(dict(base, vm={"nics": "token-ring"}), tmp_path, kinds=set())
+    with pytest.raises(LabSpecError, match="receiver_via must be one of"):
+        parse_lab(dict(base, network={"receiver_via": "ssh"}), tmp_path, kinds=set())
+    with pytest.raises(LabSpecError, match="receiver_addr must be an IPv4 address"):
+        parse_lab(dict(base, network={"receiver_addr": "169.254.10.2; reboot"}), tmp_path, kinds=set())

@@ -72,6 +72,8 @@ def env(tmp_path):
                if [ "$3" != - ]; then printf 'kmsg ok %s\\n' "$(wc -m < {fake}/kmsg.txt)"; cat {fake}/kmsg.txt; fi ;;
           load) test -f "$2" || exit 1; touch {fake}/loaded ;;
           unload) rm -f {fake}/loaded ;;
+          net-up) echo '{{"ready": true, "copybreak": '"${{2:-256}}"', "nics": []}}' ;;
+          net-run) shift 4; exec "$@" ;;
         esac
     """)
     # the "lab": a build command that turns the submission into runnable scripts
@@ -116,7 +118,7 @@ def fake_verify(monkeypatch):
 
     def p_verify(self, dl):
         self.run.environment["kernel_release"] = self.profile.release
-        return "faked; " + self._prepare_host_evidence()
+        return "faked; " + self._set_up_network(dl) + self._prepare_host_evidence()
     monkeypatch.setattr(runmod.GradingRun, "p_verify", p_verify)
     yield orig
 
@@ -476,3 +478,36 @@ def test_a_qemu_lab_vm_names_the_host_sources_it_knows_when_asked_for_another():
     from grader.vm import hostsources
     source, why = hostsources.offer("no-such-source", None, None, None)
     assert source is None and "no host evidence source 'no-such-source'" in why
+
+
+def test_make_check_records_a_required_host_source_it_cannot_have_and_goes_on(env):
+    """`make check` (host_evidence_required=False): no hypervisor in the student's VM is no failure."""
+    env.lab.host_evidence = ["nic-trace"]
+    env.lab.host_evidence_required = ["nic-trace"]
+    out = env.do(host_evidence_required=False)
+    verify = next(p for p in out.result["phases"] if p["name"] == "verify")
+    assert verify["status"] == "ok"
+    assert out.result["host_evidence"]["nic-trace"]["status"] == "unavailable"
+
+
+def test_a_lab_network_is_set_up_in_verify_and_the_receiver_started_inside_it(env):
+    """Lab 2's shape of a run: the helper's net-up (with the run's copybreak) before student code,
+    the receiver through net-run (its time limit inside), the copybreak the helper reported kept."""
+    env.lab.net_setup = ["net-up", "{copybreak}"]
+    env.lab.receiver_via = "net-run"
+    env.lab.copybreak = 256
+    out = env.do(copybreak=0)
+    log = (env.fake / "helper.log").read_text().splitlines()
+    assert log[0] == "net-up 0" and log.index("net-up 0") < log.index("begin run1")
+    assert f"net-run -t 3 - ./receiver {PORT}" in log
+    verify = next(p for p in out.result["phases"] if p["name"] == "verify")
+    assert "network up (net-up 0, copybreak 0)" in verify["detail"]
+    assert out.run.copybreak == 0 and out.result["score"] == 100
+
+
+def test_a_network_that_does_not_come_up_is_the_graders_failure(env):
+    env.lab.net_setup = ["net-down-not-a-command"]
+    out = env.do()
+    verify = next(p for p in out.result["phases"] if p["name"] == "verify")
+    assert verify["status"] == "failed" and "the lab network could not be set up" in verify["detail"]
+    assert not (env.fake / "loaded").exists()

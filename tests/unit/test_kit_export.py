@@ -100,7 +100,7 @@ def test_kit_holds_the_allowlist_and_nothing_else(kits, fmt):
 @pytest.mark.parametrize("fmt", ["dir", "tar", "git"])
 def test_lab_files_are_byte_identical(kits, fmt):
     kit = kits[fmt]
-    assert find_labs(REPO) == ["lab1"]
+    assert find_labs(REPO) == ["lab1", "lab2"]
     for lab in find_labs(REPO):
         src = REPO / "labs" / lab
         skeleton = sorted(p.relative_to(src) for p in (src / "skeleton").rglob("*") if p.is_file())
@@ -118,7 +118,7 @@ def test_kit_json_describes_every_file(kits):
     meta = json.loads((kit / "kit.json").read_text())
     assert meta["copylab_kit"] == 1
     assert meta["source_commit"] == git(REPO, "rev-parse", "HEAD")
-    assert meta["labs"] == ["lab1"]
+    assert meta["labs"] == ["lab1", "lab2"]
     manifest = json.loads((REPO / "labs/tools/manifest.json").read_text())
     pins = manifest["kernels"][manifest["suite"]]
     assert meta["kernel_release"] == pins["x86_64"]["release"]

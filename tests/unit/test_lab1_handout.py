@@ -27,13 +27,8 @@ sys.path.insert(0, str(REPO))
 from grader.engine.evidence import parse_copy_records  # noqa: E402
 from grader.engine.labspec import load_lab  # noqa: E402
 
-
-def run(cmd, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw)
-
-
-def code_blocks(text: str = HANDOUT) -> list[str]:
-    return re.findall(r"^```[a-z]*\n(.*?)^```", text, flags=re.S | re.M)
+import handouts  # noqa: E402  (tests/unit: on sys.path as the test's own folder)
+from handouts import code_blocks, handout_todos, pr_info_formats, run, skeleton_todos  # noqa: E402
 
 
 # --- points table -------------------------------------------------------------------------------
@@ -98,31 +93,9 @@ def test_milestone_one_score_in_the_handout_is_lab_toml_s():
 
 # --- TODO map -----------------------------------------------------------------------------------
 
-TODO_BLOCK = re.compile(r"TODO\((\d+)\):(.*?)\*/", re.S)
-
-
-def skeleton_todos() -> dict[tuple[str, int], set[str]]:
-    """(file, n) -> the milestones its TODO comment names, from the generated skeleton."""
-    out: dict[tuple[str, int], set[str]] = {}
-    for name in ("sender.c", "receiver.c", "copytrace.c"):
-        text = (LAB / "skeleton" / name).read_text()
-        numbers = []
-        for m in TODO_BLOCK.finditer(text):
-            n = int(m.group(1))
-            numbers.append(n)
-            out[(name, n)] = set(re.findall(r"\[milestone ([\d.]+)\]", m.group(2)))
-            assert out[(name, n)], f"{name} TODO({n}) names no milestone"
-        assert numbers == list(range(1, len(numbers) + 1)), f"{name}: TODOs not numbered 1..n"
-    return out
-
-
-def handout_todos() -> dict[tuple[str, int], set[str]]:
-    rows = re.findall(r"^\| `(\w+\.c)` \| TODO\((\d+)\) \| ([\d., ]+) \|", HANDOUT, flags=re.M)
-    return {(f, int(n)): {m.strip() for m in ms.split(",")} for f, n, ms in rows}
-
-
 def test_every_todo_is_mapped_to_its_milestone_in_skeleton_and_handout():
-    assert handout_todos() == skeleton_todos()
+    assert handout_todos(HANDOUT) == skeleton_todos(LAB / "skeleton",
+                                                    ("sender.c", "receiver.c", "copytrace.c"))
 
 
 def test_milestone_sections_name_their_todos():
@@ -135,18 +108,8 @@ def test_milestone_sections_name_their_todos():
 # --- formats ------------------------------------------------------------------------------------
 
 
-def pr_info_formats(path: Path) -> list[str]:
-    """The format strings of the module's pr_info calls (C escapes kept)."""
-    return re.findall(r'pr_info\("((?:[^"\\]|\\.)*)"', path.read_text())
-
-
 def format_regex(fmt: str) -> re.Pattern:
-    """A printk format as a regex over the printed line (the conversions this module uses)."""
-    fmt = fmt.removesuffix("\\n")
-    parts = re.split(r"(%px|%zu|%ld|%u|%s)", fmt)
-    conv = {"%px": "[0-9a-f]{16}", "%zu": r"\d+", "%ld": r"\d+", "%u": r"\d+", "%s": r"\S+"}
-    body = "".join(conv.get(p, re.escape(p)) for p in parts)
-    return re.compile(r"copytrace: " + body)
+    return handouts.format_regex(fmt, "copytrace: ")
 
 
 def test_record_examples_match_the_solution_and_the_grader_parser():
@@ -177,7 +140,7 @@ def test_module_log_lines_in_the_handout_match_the_skeleton():
 
 
 def test_pagemap_snippet_measures_a_physical_address():
-    [snippet] = [b for b in code_blocks() if "/pagemap" in b]
+    [snippet] = [b for b in code_blocks(HANDOUT) if "/pagemap" in b]
     script = snippet.split("<<'EOF'\n", 1)[1].rsplit("EOF", 1)[0]
     proc = subprocess.Popen(
         [sys.executable, "-c",
@@ -234,7 +197,7 @@ def test_student_sudo_commands_are_allowed_by_the_sudo_rules():
     rules = sudo_rules()
     commands = [
         m.group(1).strip()
-        for block in code_blocks()
+        for block in code_blocks(HANDOUT)
         for m in re.finditer(r"\bsudo ((?:insmod|rmmod|dmesg)\b[^#|\n]*)", block)
     ]
     assert any(c.startswith("insmod ") for c in commands)
@@ -243,7 +206,7 @@ def test_student_sudo_commands_are_allowed_by_the_sudo_rules():
         line = " ".join([FULL_PATH[prog], *args.split()])
         assert any(sudo_allows(rule, line) for rule in rules), (
             f"`sudo {cmd}` in the handout asks the student for a password: no rule in {rules}")
-    assert "sudo insmod copytrace.ko" not in "\n".join(code_blocks())
+    assert "sudo insmod copytrace.ko" not in "\n".join(code_blocks(HANDOUT))
 
 
 def test_the_tools_the_handout_uses_are_provisioned():

@@ -141,6 +141,20 @@ def lab_vm(golden, progress, tmp_path_factory):
     assert not vm.vm.running(), "QEMU is still running after close()"
 
 
+@pytest.fixture(scope="session")
+def nic_lab_vm(golden, progress, tmp_path_factory):
+    """The one lab VM of lab 2's shape (two e1000e cards on a QEMU hub), booted once when a test asks
+    for it and shared like lab_vm (every grading run starts from its clean snapshot)."""
+    from grader.engine.labspec import load_lab
+    from grader.vm.labvm import QemuLabVM, shape_options
+
+    vm = QemuLabVM(golden=golden, workdir=tmp_path_factory.mktemp("nicvm"), name="lab2", progress=progress,
+                   **shape_options(load_lab("lab2").vm_shape))
+    vm.prepare()
+    yield vm
+    vm.close()
+
+
 @pytest.fixture
 def admin_ssh(lab_vm, golden_manifest):
     """Run a command in the shared VM as the image's admin account (sudo), through OpenSSH."""

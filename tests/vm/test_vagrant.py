@@ -164,6 +164,11 @@ def test_vagrant_up_from_the_kit_shares_only_the_work_folder(vagrant_env, kit, p
         for f in ("sender.c", "receiver.c", "copytrace.c", "Makefile", "Kbuild", "README.md"):
             assert f in out, f"{f} missing in the student's lab folder: {out}"
         assert "no-solutions" in out and "LEAK" not in out
+        # lab 2's two cards, joined to each other: their MACs, driven by e1000e
+        r = vssh(env, "for d in /sys/class/net/*; do echo $(cat $d/address) $(basename $(readlink $d/device/driver)); "
+                 "done 2>/dev/null")
+        for mac in ("52:54:00:00:0a:01", "52:54:00:00:0b:01"):
+            assert f"{mac} e1000e" in r.stdout, r.stdout
 
         # provisioning put the skeleton into the HOST's work folder, owned by the folder's owner
         skeleton = (ROOT / "labs/lab1/skeleton/copytrace.c").read_text()
@@ -216,7 +221,7 @@ def test_vagrant_up_from_the_kit_shares_only_the_work_folder(vagrant_env, kit, p
         assert r.returncode == 0 and doc["ok"] and not bad, bad or r.stderr
         checks = {f["check"] for f in doc["findings"]}
         assert {"vagrant", "provider", "lab VM", "vm: kernel release", "vm: probe self-test",
-                "vm: clock vs host"} <= checks, checks
+                "vm: clock vs host", "vm: lab2 cards"} <= checks, checks
     finally:
         d = subprocess.run(["vagrant", "destroy", "-f"], env=env, capture_output=True, text=True, timeout=300)
         subprocess.run(["vagrant", "box", "remove", "--force", "--all",

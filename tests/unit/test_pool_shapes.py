@@ -1,0 +1,49 @@
+"""The VM pool holds lab VMs of several shapes and leases each job a VM of its lab's shape."""
+from __future__ import annotations
+
+import pytest
+
+from grader.engine.labspec import load_lab
+from grader.errors import VMError
+from grader.service.pool import NoVMOfShape, Slot, VMPool
+from grader.vm.labvm import shape_options
+
+
+class StandIn:
+    def __init__(self, shape):
+        self.shape = shape
+
+    def alive(self):
+        return True
+
+    def close(self):
+        pass
+
+
+def test_each_lab_leases_a_vm_of_the_shape_it_asks_for():
+    pool = VMPool([Slot("vm1", lambda: StandIn("")),
+                   Slot("e1000e-pair-vm1", lambda: StandIn("e1000e-pair"), shape="e1000e-pair")])
+    for lab in ("lab1", "lab2"):
+        shape = load_lab(lab).vm_shape
+        with pool.lease(1, shape=shape) as slot:
+            assert slot.vm.shape == shape and slot.shape == shape
+    assert [s["shape"] for s in pool.status()] == ["", "e1000e-pair"]
+    with pool.lease(2, shape="e1000e-pair") as slot, pytest.raises(Exception):
+        with pool.lease(3, timeout=0.1, shape="e1000e-pair"):
+            pass           # the only VM of that shape is busy; the plain one is not handed out instead
+
+
+def test_a_shape_the_pool_lacks_is_a_clear_configuration_error():
+    pool = VMPool([Slot("vm1", lambda: StandIn(""))])
+    with pytest.raises(NoVMOfShape, match="no lab VM of shape 'e1000e-pair'.*POOL_QEMU_SHAPES"):
+        with pool.lease(1, shape="e1000e-pair"):
+            pass
+
+
+def test_shapes_map_to_runner_options():
+    from grader.engine.labspec import VM_SHAPES
+    from grader.vm.labvm import SHAPES
+    assert set(SHAPES) == set(VM_SHAPES)      # every shape a lab spec accepts, a QEMU lab VM can have
+    assert shape_options("") == {} and shape_options("e1000e-pair") == {"nic_pair": True}
+    with pytest.raises(VMError, match="no lab VM shape 'token-ring'"):
+        shape_options("token-ring")
