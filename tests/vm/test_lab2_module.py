@@ -60,6 +60,16 @@ def lab_vm(golden, progress, tmp_path_factory):
     vm.close()
 
 
+def build(admin_ssh, sources: str) -> None:
+    """~/lab2 in the VM: the lab's Makefile and Kbuild with its solution or skeleton sources, built
+    without a compiler warning."""
+    for name in ("sender.c", "receiver.c", "wiretrace.c", "Makefile", "Kbuild"):
+        src = LAB / (sources if name.endswith(".c") else "") / name
+        admin_ssh(f"mkdir -p ~/lab2 && cat > ~/lab2/{name} <<'COPYLAB_EOF'\n{src.read_text()}\nCOPYLAB_EOF")
+    r = admin_ssh("cd ~/lab2 && make 2>&1", timeout=900)
+    assert "warning" not in r.stdout, r.stdout
+
+
 def records(dmesg: str) -> dict[str, list[dict[str, int]]]:
     out: dict[str, list[dict[str, int]]] = {}
     for kind, fields in re.findall(r"wiretrace: \[(\w+)\] (.*)", dmesg):
@@ -82,12 +92,7 @@ def qemu_trace(lab_vm, since: int) -> str:
 def test_solution_traces_one_datagram_through_both_cards(lab_vm, admin_ssh):
     lab_vm.acquire()
     try:
-        for name in ("sender.c", "receiver.c", "wiretrace.c", "Makefile", "Kbuild"):
-            src = LAB / ("solution" if name.endswith(".c") else "") / name
-            admin_ssh(f"mkdir -p ~/lab2 && cat > ~/lab2/{name} <<'COPYLAB_EOF'\n"
-                      f"{src.read_text()}\nCOPYLAB_EOF")
-        r = admin_ssh("cd ~/lab2 && make 2>&1", timeout=900)
-        assert "warning" not in r.stdout, r.stdout
+        build(admin_ssh, "solution")
         admin_ssh(f"sudo sh -c {shlex.quote(NET_UP)}")
         admin_ssh(f"sudo sh -c {shlex.quote(NET_UP)}")  # idempotent
         for event in ("e1000e_tx_descr", "e1000e_rx_desc_buff_write"):
@@ -129,5 +134,20 @@ def test_solution_traces_one_datagram_through_both_cards(lab_vm, admin_ssh):
             assert re.search(rf"e1000e_tx_descr 0x{tx['pa']:x} : [0-9a-f]*003a\b", trace), trace[-2000:]
             assert re.search(rf"e1000e_rx_desc_buff_write buffer #0, addr: 0x{rx['pa']:x}, "
                              r"offset: 0, from: \S+, length: 60", trace), trace[-2000:]
+    finally:
+        lab_vm.release(dirty=True)
+
+
+def test_skeleton_builds_without_warnings_loads_and_records_nothing(lab_vm, admin_ssh):
+    """The unchanged skeleton (milestone 0 not done either) compiles cleanly, registers its five probes
+    and logs no record: every record is the student's to write."""
+    lab_vm.acquire()
+    try:
+        build(admin_ssh, "skeleton")
+        r = admin_ssh("sudo dmesg -C && sudo insmod ~/lab2/wiretrace.ko port=9999 && sudo rmmod wiretrace "
+                      "&& sudo dmesg")
+        assert ("wiretrace: probes on _copy_from_iter e1000_xmit_frame dma_unmap_page_attrs eth_type_trans "
+                "_copy_to_iter registered") in r.stdout, r.stdout
+        assert "wiretrace: probes removed:" in r.stdout and "wiretrace: [" not in r.stdout, r.stdout
     finally:
         lab_vm.release(dirty=True)
