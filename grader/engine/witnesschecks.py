@@ -41,7 +41,7 @@ def seen(w: HostEvidence, kind: str, message: bytes) -> tuple[Observation | None
 
 
 def _single(run: RunData, kind: str):
-    recs = run.copy_records(kind)
+    recs = run.module_records(kind)
     return recs[0] if len(recs) == 1 else None
 
 

@@ -111,7 +111,7 @@ class NicTrace:
                 raise HostEvidenceUnavailable(f"this QEMU has no trace event {event} (another QEMU build?): "
                                               f"{listed or 'no answer'}")
         r = ex.run(f"{self.sudo} {shlex.quote(self.helper)} kallsyms {DIRECT_MAP_SYMBOL}", timeout=60)
-        m = re.match(r"^0x([0-9a-f]+) " + DIRECT_MAP_SYMBOL + r"$", r.stdout.strip())
+        m = re.match("^" + DIRECT_MAP_SYMBOL + r" 0x([0-9a-f]+)$", r.stdout.strip())
         if not r.ok or not m:
             raise HostEvidenceUnavailable(f"cannot read the address of {DIRECT_MAP_SYMBOL} in the clean guest: "
                                           f"{(r.stderr or r.stdout).strip()[:200]}")

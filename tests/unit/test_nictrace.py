@@ -111,7 +111,7 @@ def test_a_run_reads_only_its_part_of_qemus_stderr_and_switches_the_events_off(t
                         "x /1gx": "ffffffffa2c13d60: 0xffff889dc0000000",
                         "xp ": "000000000992b840: 0x00 0x01"}, err)
     source = NicTrace(qemu)
-    source.prepare(StandInEx("0xffffffffa2c13d60 page_offset_base\n"), None)
+    source.prepare(StandInEx("page_offset_base 0xffffffffa2c13d60\n"), None)
     source.arm(None)
     with open(err, "a") as f:
         f.write(CAPTURED)

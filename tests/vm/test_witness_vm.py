@@ -47,7 +47,7 @@ def test_solution_gets_full_marks_with_the_witness(lab, lab_vm, tmp_path):
     assert "QEMU's gdbstub" in agree and f"0x{c1.num('dest'):x}" in agree and "hypervisor" in agree
     assert f'"{run.message}" at the skb' in text(c["message_witnessed"])
     # the sender's records and the hypervisor agree on the user source too
-    assert c1.num("src") == run.copy_records("COPY1")[0].src
+    assert c1.num("src") == run.module_records("COPY1")[0].src
 
 
 def test_a_module_that_forges_the_guest_trace_fails_on_the_witness(lab, lab_vm, tmp_path):
