@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import stat
 import textwrap
 from contextlib import contextmanager
@@ -153,7 +154,7 @@ def test_full_run_scores_100(env):
     assert "begin run1" in helper_log and "end run1 1000" in helper_log
     assert "unload copytrace" in helper_log
     gs = to_gradescope(res)
-    assert gs["score"] == 100 and len(gs["tests"]) == 10
+    assert gs["score"] == 100 and len(gs["tests"]) == len(env.lab.checks)
     assert "the message's journey" in render_text(res)
 
 
@@ -173,6 +174,26 @@ def test_receiver_timeout_keeps_partial_output(env):
     assert any(e["mark"] == "missing" and "timed out" in e["text"] for e in pr["evidence"])
     assert checks["copy1_kernel_side"]["passed"]
     assert env.vm.events[-1] == ("release", True)
+
+
+def test_a_sender_that_never_exits_is_reported_as_the_sender_s_end(env):
+    """The receiver got the message and exited 0; only the sender overran its own time limit."""
+    (env.sub / "sender.c").write_text(
+        f'echo "sender: buffer at 0x{SBUF:x}"; echo "$1" > sent.msg; '
+        f'echo "sender: sent 16 bytes \\"$1\\" to 127.0.0.1:$2"; sleep 30\n')
+    res = env.do().result
+    run = {p["name"]: p for p in res["phases"]}["run"]
+    assert run["status"] == "timeout", run
+    assert "the sender did not finish in time" in run["detail"], run
+    assert "the receiver did not finish" not in run["detail"], run
+    assert "the receiver finished (exit 0)" in run["detail"], run
+    assert run["duration_s"] < 10
+    pr = {c["name"]: c for c in res["checks"]}["programs_report"]
+    texts = [e["text"] for e in pr["evidence"]]
+    assert not pr["passed"]
+    assert any("the sender did not exit after it sent the message" in t for t in texts), texts
+    assert any("received 16 bytes" in t for t in texts), texts
+    assert not any("receiver did not finish" in t or "timed out" in t for t in texts), texts
 
 
 RECEIVER_THEN_RC = (f'echo "receiver: listening on 127.0.0.1:$1"; echo "receiver: buffer at 0x{RBUF:x}"\n'
@@ -214,7 +235,7 @@ def test_programs_run_as_the_program_account_through_sudo(env):
     assert res["score"] == 100, render_text(res)
     calls = log.read_text().splitlines()
     assert any(c.startswith("-u root -- timeout -k 2 3 ./receiver ") for c in calls), calls
-    assert any(c.startswith(f"-u root -- ./sender {MSG} ") for c in calls), calls
+    assert any(re.match(rf"-u root -- timeout -k 2 \d+ ./sender {MSG} ", c) for c in calls), calls
     assert "-u root -- kill -KILL -1" in calls
     rdir = env.tmp / "runs" / "run1"
     mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in rdir.iterdir()}
