@@ -11,9 +11,9 @@ sample with another real run.
 The sample replaces what lies between the marker lines BEGIN and END below in LAB_DIR/README.md,
 as a fenced block that starts with the command. What changes from run to run (the run id, the
 message, the port, addresses and other hex values, process ids, CPUs, trace timestamps, phase
-durations, the taint mask and column padding) is masked by `normalize` before comparing, so a
-check fails only when a line was added, removed or reworded. Exit status 2: no markers, or
-nothing to read.
+durations, the taint mask, the result folder and column padding) is masked by `normalize` before
+comparing, so a check fails only when a line was added, removed or reworded. Exit status 2: no
+markers, or nothing to read.
 
 Standard library only (Python 3.11).
 """
@@ -64,6 +64,8 @@ _RUN_ID = re.compile(r"^(copylab \S+ run )\S+:", re.M)
 _MESSAGE = re.compile(r"\(payload=([A-Za-z0-9_]+)\)")
 _PORT = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 _MASKS = [
+    # make check's own folder for the run's result (a fresh temporary name per run)
+    (re.compile(r"(/\.copylab/check-)\S+"), r"\1TMP"),
     # a tracefs line: task-PID [CPU] flags timestamp:
     (re.compile(r"^(\s*\S+)-\d+\s+\[\d+\]\s+\S+\s+\d+\.\d+:", re.M), r"\1-PID [CPU] FLAGS TIME:"),
     (re.compile(r"0x[0-9a-fA-F]+"), "0xHEX"),
@@ -99,7 +101,7 @@ def differences(sample: str, real: str) -> list[str]:
 
 def run_make_check(folder: Path) -> str:
     """`make check` of the solution in FOLDER; its output, which must show every check passing."""
-    r = subprocess.run(["make", "-s", "check"], cwd=folder, capture_output=True, text=True,
+    r = subprocess.run(["make", "check"], cwd=folder, capture_output=True, text=True,
                        timeout=RUN_TIMEOUT)
     if r.returncode != 0:
         raise SampleError(f"make check in {folder} exited {r.returncode}: not the solution's "

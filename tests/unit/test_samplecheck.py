@@ -101,3 +101,10 @@ def test_missing_markers_or_output_are_refused(tmp_path):
     r = tool(readme(tmp_path), "--from", "-", input="  \n")
     assert r.returncode == 2 and "no make check output" in r.stderr
 
+
+
+def test_the_lab1_handout_has_a_sample_block():
+    text = (ROOT / "labs" / "lab1" / "README.md").read_text()
+    sample = sc.sample_of(text, "labs/lab1/README.md")
+    assert "\ncopylab lab1 run " in sample and "100/100 points" in sample
+    assert "questions (answers file, scored apart): 0/10 points" in sample   # the template, unanswered
