@@ -53,6 +53,8 @@ NO_STATUS_FILE = 4
 SENDER_MARGIN = 4
 # exit statuses of `timeout -k 2 N CMD` when it ended CMD: SIGTERM after N s, SIGKILL 2 s later
 TIMEOUT_EXITS = (124, 137)
+# seconds for one last look at the receiver's status file once the run phase's time is up
+RECEIVER_RECHECK = 10
 
 
 @dataclass
@@ -497,6 +499,12 @@ class GradingRun:
             finished = r.ok or r.exit_code == NO_STATUS_FILE
         except PhaseFailed:
             finished, r = False, None
+        if not finished:
+            # the phase's time is up (a sender that overran its limit may have taken it): the
+            # receiver may have ended all the same, and its status file says so
+            r = self.sh(f"cd {d}; test -e receiver.rc || exit {NO_STATUS_FILE}; cat receiver.rc",
+                        RECEIVER_RECHECK)
+            finished = r.ok
         status_problem = None
         if finished:
             text = r.stdout.strip() if r.ok else ""
