@@ -185,7 +185,8 @@ def test_a_sender_that_never_exits_is_not_blamed_on_the_receiver(lab, lab_vm, tm
     pr = evidence_text(checks(result)["programs_report"])
     assert "the sender did not exit after it sent the message" in pr, pr
     assert "payload arrived intact" in pr and "receiver timed out" not in pr, pr
-    assert checks(result)["agrees_with_trace"]["passed"]
+    # the module's side of the run is unaffected (the records' checks need programs_report)
+    assert checks(result)["copy1_kernel_side"]["passed"] and checks(result)["copy4_kernel_side"]["passed"]
 
 
 def test_qemu_killed_from_outside_mid_build_is_the_hosts_failure(lab, lab_vm, tmp_path):
