@@ -53,7 +53,8 @@ def grade_command(args) -> int:
     lab = load_lab(args.lab)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"copylab-{lab.id}-"))
     with tempfile.TemporaryDirectory(prefix="copylab-sub-") as tmp:
-        sub = materialize(Path(args.submission), lab.files, Path(tmp), lab.max_file_bytes)
+        sub = materialize(Path(args.submission), lab.files, Path(tmp), lab.max_file_bytes,
+                          lab.optional_files)
         vm = open_vm(args.vm, args.known_hosts, args.key, lab.vm_shape)
         try:
             _progress(f"grading {args.submission} for {lab.id}")

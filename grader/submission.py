@@ -24,14 +24,16 @@ def _safe_name(name: str, allowed: set[str]) -> str | None:
     return p.name if p.name in allowed else None
 
 
-def materialize(source: Path, files: list[str], dest: Path, max_bytes: int) -> Path:
-    """Copy the lab's files from a folder, .tar(.gz) or .zip into dest; returns dest."""
+def materialize(source: Path, files: list[str], dest: Path, max_bytes: int,
+                optional: list[str] = ()) -> Path:
+    """Copy the lab's files (and those of ``optional`` that are there) from a folder, .tar(.gz)
+    or .zip into dest; returns dest."""
     source = Path(source)
-    allowed = set(files)
+    allowed = set(files) | set(optional)
     dest.mkdir(parents=True, exist_ok=True)
     found: dict[str, bytes] = {}
     if source.is_dir():
-        for name in files:
+        for name in [*files, *optional]:
             p = source / name
             if p.is_symlink() or (p.exists() and not p.is_file()):
                 raise SubmissionError(f"{name} in {source} is not a regular file")

@@ -42,12 +42,14 @@ class CheckResult:
     hint: str = ""                      # shown on failure only
     title: str = ""
     skipped_because: str | None = None  # name of the failed dependency
+    part: str = "lab"                   # labspec.PARTS
 
     def as_dict(self) -> dict:
         return {"name": self.name, "title": self.title, "kind": self.kind, "passed": self.passed,
                 "points": self.points, "max_points": self.max_points,
                 "evidence": [e.as_dict() for e in self.evidence],
-                "hint": "" if self.passed else self.hint, "skipped_because": self.skipped_because}
+                "hint": "" if self.passed else self.hint, "skipped_because": self.skipped_because,
+                "part": self.part}
 
 
 CheckFn = Callable[[RunData, dict], "tuple[bool, list[Evidence]]"]
@@ -73,7 +75,7 @@ def run_checks(specs, run: RunData, registry: dict[str, CheckFn] | None = None) 
             done[spec.name] = CheckResult(
                 spec.name, spec.kind, False, 0, spec.points,
                 [missing(f"not run: it depends on {failed_dep!r}, which did not pass")],
-                spec.hint, spec.title, skipped_because=failed_dep)
+                spec.hint, spec.title, skipped_because=failed_dep, part=spec.part)
             continue
         try:
             passed, evid = reg[spec.kind](run, dict(spec.options))
@@ -82,7 +84,7 @@ def run_checks(specs, run: RunData, registry: dict[str, CheckFn] | None = None) 
                                        f"{type(e).__name__}: {e}")]
         done[spec.name] = CheckResult(spec.name, spec.kind, bool(passed),
                                       spec.points if passed else 0, spec.points, list(evid),
-                                      spec.hint, spec.title)
+                                      spec.hint, spec.title, part=spec.part)
     return [done[s.name] for s in specs]
 
 
@@ -189,10 +191,18 @@ def check_programs_report(run: RunData, opts: dict):
     else:
         need(False, "", f'receiver got {r.received_len} bytes "{r.received_text}", '
                         f'expected {n} bytes "{msg}"')
+    # each program's own end: a sender that never exits is the sender's problem, even when the
+    # receiver got the message and finished
     if run.sender_timed_out:
-        need(False, "", "the sender did not finish in time")
-    if run.sender_exit not in (0, None):
+        sent = " after it sent the message" if s.sent_len is not None else ""
+        need(False, "", f"the sender did not exit{sent}: it was still running at the end of "
+                        f"the run's time limit and was killed")
+    elif run.sender_exit not in (0, None):
         need(False, "", f"the sender exited with status {run.sender_exit}")
+    if run.receiver_timed_out and s.sent_len is None and not run.sender_timed_out:
+        evid.append(info("the sender reported no send, so the receiver had nothing to receive"))
+    elif not run.receiver_timed_out and run.receiver_exit == 0 and run.sender_timed_out:
+        evid.append(info("the receiver finished by itself (exit 0)"))
     if run.receiver_exit not in (0, None):
         need(False, "", f"the receiver exited with status {run.receiver_exit}")
     elif run.receiver_exit is None and not run.receiver_timed_out and run.phase_status("run") == "failed":
@@ -244,6 +254,53 @@ def _explain_missing_copy1(run: RunData, evid: list[Evidence]) -> None:
     else:
         evid.append(info("the independent trace saw no ip_generic_getfrag call either: "
                          "did the sender send at all?"))
+
+
+# ---------------------------------------------------------------- naming the mistake
+# The symptom lines say what is wrong with a record; these say which common mistake produces
+# exactly that evidence, and only when the evidence fits it.
+def _looks_hashed(addr: int | None) -> bool:
+    """%p prints a 32-bit hash of the pointer, zero-extended to 16 digits on 64-bit kernels."""
+    return addr is not None and 0 < addr <= 0xFFFFFFFF
+
+
+def name_mistakes(run: RunData, rec: ev.CopyRecord) -> list[Evidence]:
+    """The mistakes the record's numbers fit: src and dest swapped, %p instead of %px, numbers
+    copied from the handout's or the narrative's examples."""
+    out: list[Evidence] = []
+    prof = run.profile
+    user_buf, user_name = ((run.sender.buffer, "the sender's buffer") if rec.kind == "COPY1"
+                           else (run.receiver.buffer, "the receiver's buffer"))
+    event, field = (run.tx_event(), "to") if rec.kind == "COPY1" else (run.rx_event(), "data")
+    kernel_seen = event.num(field) if event is not None else None
+    user_side, kernel_side = ("src", "dest") if rec.kind == "COPY1" else ("dest", "src")
+    direction = ("from the sender's buffer (user) into the skb (kernel)" if rec.kind == "COPY1"
+                 else "from the skb (kernel) into the receiver's buffer (user)")
+    u, k = rec.user_addr, rec.kernel_addr
+    if u is not None and k is not None:
+        k_is_user = (user_buf is not None and k == user_buf) or \
+            (prof is not None and k and prof.is_user_address(k) and not _looks_hashed(k))
+        u_is_kernel = (kernel_seen is not None and u == kernel_seen) or \
+            (prof is not None and prof.is_kernel_address(u))
+        if k_is_user and u_is_kernel:
+            out.append(bad(f"mistake: {kernel_side} and {user_side} are swapped in [{rec.kind}]: "
+                           f"{user_side}={hx(u)} is the kernel side and {kernel_side}={hx(k)} "
+                           f"{'is ' + user_name if k == user_buf else 'a user address'}; "
+                           f"copy #{rec.kind[-1]} copies {direction}"))
+    hashed = [f"{name}={hx(a)}" for name, a in (("src", rec.src), ("dest", rec.dest))
+              if _looks_hashed(a)]
+    if hashed:
+        out.append(bad(f"mistake: {', '.join(hashed)} {'look' if len(hashed) > 1 else 'looks'} "
+                       f"like what %p prints, a 32-bit hash of the pointer zero-extended to 64 "
+                       f"bits, not the address: print addresses with %px"))
+    copied = [f"{name}={hx(a)}" for name, a in (("src", rec.src), ("dest", rec.dest))
+              if a is not None and a in run.example_addresses]
+    if copied:
+        out.append(bad(f"mistake: {', '.join(copied)} "
+                       f"{'are example addresses' if len(copied) > 1 else 'is an example address'}"
+                       f" from the handout or the course narrative, not from this run: print the "
+                       f"copy function's own arguments"))
+    return out
 
 
 @check_kind("copy_kernel_side")
@@ -302,6 +359,8 @@ def check_copy_kernel_side(run: RunData, opts: dict):
                             f"(on loopback both are the same skb)"))
     if rec.milestone_form:
         evid.append(info(f"first-milestone form: the user-side address is not printed yet"))
+    if not ok:
+        evid[1:1] = name_mistakes(run, rec)
     return ok, evid
 
 
@@ -325,13 +384,15 @@ def check_copy_user_side(run: RunData, opts: dict):
                                       f"(first-milestone form)")]
     prof = run.profile
     if prof and not prof.is_user_address(ua):
-        return False, evid + [bad(f"{side}={hx(ua)} is not a user-space address")]
+        return False, evid + name_mistakes(run, rec) + [
+            bad(f"{side}={hx(ua)} is not a user-space address")]
     if printed is None:
         return False, evid + [missing(f"the {who} printed no buffer address to compare with")]
     if ua == printed:
         return True, evid + [good(f"{side}={hx(ua)} is the {who}'s buffer ({who}: buffer at "
                                   f"{hx(printed)})")]
-    return False, evid + [bad(f"{side}={hx(ua)}, but the {who}'s buffer is at {hx(printed)}")]
+    return False, evid + name_mistakes(run, rec) + [
+        bad(f"{side}={hx(ua)}, but the {who}'s buffer is at {hx(printed)}")]
 
 
 # Aliases named after the records (lab.toml may use either spelling).
@@ -667,6 +728,104 @@ def check_no_kernel_fault(run: RunData, opts: dict):
     else:
         evid.append(good(f"no fatal taint (before {run.taint_before}, after {run.taint_after}: "
                          f"{', '.join(ev.taint_names(run.taint_after)) or 'none'})"))
+    return ok, evid
+
+
+# ---------------------------------------------------------------- the answers file
+NO_ANSWERS = "no answers file was handed in: only the questions' points are lost"
+
+
+def _answer(run: RunData, key: str, evid: list[Evidence]) -> str | None:
+    """The student's answer to ``key`` (there is an answers file), or None with evidence saying
+    why there is none."""
+    text = run.answers.answered(key)
+    if text is None:
+        evid.append(missing(f"the answers file has no answer to {key}"))
+        evid += [info(f"answers file: {p}") for p in run.answers.problems[:5]]
+    return text
+
+
+def _measured_copy_distance(run: RunData) -> tuple[int | None, str]:
+    tx, rx = run.tx_event(), run.rx_event()
+    if tx is None or rx is None or tx.num("to") is None or rx.num("data") is None:
+        return None, "the independent trace has no ip_generic_getfrag to and skb->data for this run"
+    to, data = tx.num("to"), rx.num("data")
+    return data - to, (f"the independent trace: skb->data {hx(data)} at skb_consume_udp minus "
+                       f"ip_generic_getfrag's to {hx(to)}")
+
+
+# what an answer is compared with, measured in this run's independent trace
+MEASURES = {"copy4_src_minus_copy1_dest": _measured_copy_distance}
+
+
+@check_kind("answer_number")
+def check_answer_number(run: RunData, opts: dict):
+    """options: question (the key), and either measure (a MEASURES name: the number from this
+    run's independent trace) or expect (a number that holds in every run) with why."""
+    key = opts["question"]
+    if run.answers is None:
+        return False, [missing(NO_ANSWERS)]
+    evid: list[Evidence] = []
+    text = _answer(run, key, evid)
+    if text is None:
+        return False, evid
+    if "measure" in opts:
+        want, source = MEASURES[opts["measure"]](run)
+        if want is None:
+            return False, evid + [missing(f"cannot check {key}: {source}")]
+    else:
+        want, source = int(opts["expect"]), opts.get("why", "")
+    got = ev.answer_number(text)
+    evid.append(info(f"{key}: {text[:200]}"))
+    if got is None:
+        return False, evid + [bad(f"{key} does not start with a number (decimal or 0x hex)")]
+    if got in run.example_addresses:
+        evid.append(bad(f"mistake: {hx(got)} is an example address from the handout or the "
+                        f"narrative, not a number from your run"))
+    if got == want:
+        return True, evid + [good(f"{key} = {got}: {source}" if source else f"{key} = {got}")]
+    return False, evid + [bad(f"{key} = {got}, but {source + ' gives' if source else 'the answer is'} "
+                              f"{want}")]
+
+
+@check_kind("answer_pagemap")
+def check_answer_pagemap(run: RunData, opts: dict):
+    """options: va, pfn, pa (keys). The pagemap exercise runs in the student's own session, which
+    no trace of this run sees: the three numbers must be consistent, PA = PFN * 4096 + (VA AND
+    0xFFF), with a user VA and a PFN of 55 bits at most."""
+    if run.answers is None:
+        return False, [missing(NO_ANSWERS)]
+    evid: list[Evidence] = []
+    keys = (opts.get("va", "pagemap_va"), opts.get("pfn", "pagemap_pfn"), opts.get("pa", "pagemap_pa"))
+    texts = [_answer(run, k, evid) for k in keys]
+    if any(t is None for t in texts):
+        return False, evid
+    va, pfn, pa = nums = [ev.answer_number(t) for t in texts]
+    for k, t, n in zip(keys, texts, nums):
+        evid.append(info(f"{k}: {t[:200]}"))
+        if n is None:
+            evid.append(bad(f"{k} does not start with a number (decimal or 0x hex)"))
+    if None in nums:
+        return False, evid
+    ok = True
+    if va in run.example_addresses:
+        ok = False
+        evid.append(bad(f"mistake: {keys[0]}={hx(va)} is an example address from the handout or "
+                        f"the narrative, not one your program printed"))
+    if run.profile is not None and not run.profile.is_user_address(va):
+        ok = False
+        evid.append(bad(f"{keys[0]}={hx(va)} is not a user-space address"))
+    if not 0 < pfn < 1 << 55:
+        ok = False
+        evid.append(bad(f"{keys[1]}={hx(pfn)} is not a page frame number (bits 0-54 of the "
+                        f"pagemap entry; 0 means the page was not present or you were not root)"))
+    want = pfn * 4096 + (va & 0xFFF)
+    if pa == want:
+        evid.append(good(f"{keys[2]}={hx(pa)} = {hx(pfn)} * 4096 + ({hx(va)} AND 0xfff)"))
+    else:
+        ok = False
+        evid.append(bad(f"{keys[2]}={hx(pa)}, but {hx(pfn)} * 4096 + ({hx(va)} AND 0xfff) = "
+                        f"{hx(want)}"))
     return ok, evid
 
 

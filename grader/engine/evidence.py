@@ -320,3 +320,69 @@ def new_fatal_taint(before: int | None, after: int | None) -> int:
     new = after & ~(before or 0)
     unknown = new & ~sum(1 << b for b in TAINT_FLAGS)
     return (new & FATAL_TAINT_MASK) | unknown
+
+
+# ---------------------------------------------------------------- the answers file
+# A student's `key: value` file: untrusted text, so every limit is explicit and nothing in it is
+# ever interpreted beyond a number where a check asks for one.
+ANSWER_KEY_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+ANSWER_MAX_CHARS = 2000          # one answer, continuation lines included
+ANSWER_MAX_KEYS = 100
+_NUMBER_RE = re.compile(r"^\s*([-+]?)\s*(0x[0-9a-fA-F]+|\d+)\b")
+
+
+@dataclass
+class AnswersFile:
+    values: dict[str, str] = field(default_factory=dict)   # key -> answer (empty: not answered)
+    problems: list[str] = field(default_factory=list)      # lines that were not understood
+
+    def answered(self, key: str) -> str | None:
+        v = self.values.get(key, "").strip()
+        return v or None
+
+
+def parse_answers(text: str) -> AnswersFile:
+    """``key: value`` lines; ``#`` starts a comment line; a line that begins with a space or a tab
+    continues the previous answer. Keys are lower-case identifiers. A repeated key, a line without
+    a colon, or an answer over ANSWER_MAX_CHARS is named in ``problems`` (its first value is kept)."""
+    out = AnswersFile()
+    key: str | None = None
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            key = None
+            continue
+        if line[0] in " \t":
+            if key is None:
+                out.problems.append(f"line {n}: an indented line continues no answer")
+            elif len(out.values[key]) + len(line) >= ANSWER_MAX_CHARS:
+                out.problems.append(f"line {n}: the answer to {key} is longer than "
+                                    f"{ANSWER_MAX_CHARS} characters (cut there)")
+                key = None
+            else:
+                out.values[key] = (out.values[key] + " " + line.strip()).strip()
+            continue
+        name, colon, value = line.partition(":")
+        name = name.strip()
+        if not colon or not ANSWER_KEY_RE.fullmatch(name):
+            out.problems.append(f"line {n}: not a `key: value` line: {line[:60]!r}")
+            key = None
+        elif name in out.values:
+            out.problems.append(f"line {n}: {name} is answered twice (the first answer counts)")
+            key = None
+        elif len(out.values) >= ANSWER_MAX_KEYS:
+            out.problems.append(f"line {n}: more than {ANSWER_MAX_KEYS} answers; the rest is ignored")
+            break
+        else:
+            out.values[name] = value.strip()[:ANSWER_MAX_CHARS]
+            key = name
+    return out
+
+
+def answer_number(text: str | None) -> int | None:
+    """The integer an answer starts with (decimal or 0x hex, optionally signed): "0", "44 bytes",
+    "-0x2c". None when the answer does not start with a number."""
+    m = _NUMBER_RE.match(text or "")
+    if not m:
+        return None
+    v = int(m[2], 0)
+    return -v if m[1] == "-" else v

@@ -16,7 +16,10 @@ PHASES = ("acquire", "verify", "upload", "build", "trace_start", "load", "run", 
           "unload", "release")
 DEFAULT_TIMEOUTS = {"acquire": 180, "verify": 30, "upload": 60, "build": 300, "trace_start": 30,
                     "load": 30, "run": 30, "collect": 60, "unload": 30, "release": 60}
-CHECK_KEYS = {"name", "kind", "points", "depends", "hint", "title"}
+CHECK_KEYS = {"name", "kind", "points", "depends", "hint", "title", "part"}
+# "lab": the checks of the lab's score; "questions": the answers file's checks, scored apart so that
+# a submission without answers keeps its lab score
+PARTS = ("lab", "questions")
 # the VM shapes a lab may ask for ([vm] nics); grader/vm/labvm.py turns a shape into runner options
 VM_SHAPES = ("", "e1000e-pair")
 # how the receiver is started: as the program account (lab 1), or through the helper's net-run inside
@@ -33,6 +36,7 @@ class CheckSpec:
     hint: str = ""
     title: str = ""
     options: dict = field(default_factory=dict)
+    part: str = "lab"
 
 
 @dataclass
@@ -58,7 +62,7 @@ class LabSpec:
     port_range: tuple[int, int]
     timeouts: dict[str, float]
     checks: list[CheckSpec]
-    max_score: int
+    max_score: int                       # the lab part's points ([grading] total)
     raw: dict = field(default_factory=dict, repr=False)
     # every kernel release (grader/profiles/<release>.toml) the lab runs on besides `kernel`, the
     # default profile taken until the VM says which kernel it runs
@@ -75,6 +79,20 @@ class LabSpec:
     receiver_via: str = ""
     receiver_addr: str = "127.0.0.1"
     copybreak: int | None = None
+    # an optional submission file of `key: value` answers, read by the answer checks on the grader
+    # (never uploaded to the VM); a submission without it loses only those checks' points
+    answers_file: str | None = None
+    # addresses printed as examples in the handout and the narrative: a record that repeats one
+    # was copied from there, and the feedback says so
+    example_addresses: frozenset[int] = frozenset()
+
+    @property
+    def questions_max(self) -> int:
+        return sum(c.points for c in self.checks if c.part == "questions")
+
+    @property
+    def optional_files(self) -> list[str]:
+        return [self.answers_file] if self.answers_file else []
 
     def supported_kernels(self) -> list[str]:
         """The kernel releases a lab VM may run for this lab, the default first."""
@@ -182,11 +200,22 @@ def parse_lab(data: dict, lab_dir: str | Path, kinds: set[str] | None = None,
         raise LabSpecError(f"{where}: [network] receiver_addr must be an IPv4 address")
     copybreak = _get(net, "copybreak", int, f"{where} [network]", None) if "copybreak" in net else None
     checks = _parse_checks(_get(data, "checks", list, where, []), kinds, where)
-    total = sum(c.points for c in checks)
+    total = sum(c.points for c in checks if c.part == "lab")
     declared = _get(grading, "total", int, f"{where} [grading]", total)
     if declared != total:
         raise LabSpecError(f"{where}: check points add up to {total}, but [grading] total = {declared}")
     files = _str_list(sub, "files", f"{where} [submission]")
+    answers_file = _get(sub, "answers_file", str, f"{where} [submission]", None)
+    if answers_file is not None and (answers_file in files or "/" in answers_file
+                                     or not re.fullmatch(r"[\w.-]+", answers_file)):
+        raise LabSpecError(f"{where}: [submission] answers_file must be a plain file name that is "
+                           f"not one of the required files")
+    feedback = _get(data, "feedback", dict, where, {})
+    try:
+        examples = frozenset(int(a, 16) for a in _str_list(feedback, "example_addresses",
+                                                            f"{where} [feedback]", []))
+    except ValueError as e:
+        raise LabSpecError(f"{where}: [feedback] example_addresses must be hex strings ({e})") from None
     return LabSpec(
         id=_get(lab, "id", str, f"{where} [lab]"),
         title=_get(lab, "title", str, f"{where} [lab]", ""),
@@ -212,7 +241,8 @@ def parse_lab(data: dict, lab_dir: str | Path, kinds: set[str] | None = None,
         timeouts=tmo, checks=checks, max_score=total, raw=data,
         host_evidence=host, host_evidence_required=required, vm_shape=shape,
         net_setup=_str_list(net, "setup", f"{where} [network]", []), receiver_via=receiver_via,
-        receiver_addr=receiver_addr, copybreak=copybreak)
+        receiver_addr=receiver_addr, copybreak=copybreak, answers_file=answers_file,
+        example_addresses=examples)
 
 
 def _parse_checks(items: list, kinds: set[str], where: str) -> list[CheckSpec]:
@@ -233,14 +263,21 @@ def _parse_checks(items: list, kinds: set[str], where: str) -> list[CheckSpec]:
         points = _get(item, "points", int, w)
         if points < 0:
             raise LabSpecError(f"{w}: points must be >= 0")
+        part = _get(item, "part", str, w, "lab")
+        if part not in PARTS:
+            raise LabSpecError(f"{w}: part must be one of {', '.join(PARTS)}, not {part!r}")
         checks.append(CheckSpec(
             name=name, kind=kind, points=points, depends=_str_list(item, "depends", w, []),
             hint=_get(item, "hint", str, w, ""), title=_get(item, "title", str, w, ""),
-            options={k: v for k, v in item.items() if k not in CHECK_KEYS}))
+            options={k: v for k, v in item.items() if k not in CHECK_KEYS}, part=part))
+    parts = {c.name: c.part for c in checks}
     for c in checks:
         for d in c.depends:
             if d not in seen:
                 raise LabSpecError(f"{where} check {c.name!r}: depends on unknown check {d!r}")
+            if c.part == "lab" and parts[d] == "questions":
+                raise LabSpecError(f"{where} check {c.name!r}: a lab check cannot depend on the "
+                                   f"questions check {d!r}")
     topo_order(checks, where)
     return checks
 

@@ -72,6 +72,10 @@ class RunData:
     environment: dict = field(default_factory=dict)
     # evidence from outside the guest, by source name (grader/engine/hostevidence.py)
     host_evidence: dict[str, HostEvidence] = field(default_factory=dict)
+    # the lab's answers file as handed in (None: not handed in); read on the grader, never run
+    answers_text: str | None = None
+    # addresses printed as examples in the handout and the course narrative (lab.toml [feedback])
+    example_addresses: frozenset[int] = frozenset()
 
     def phase(self, name: str) -> PhaseRecord:
         if name not in self.phases:
@@ -117,6 +121,10 @@ class RunData:
 
     def trace_events(self, event: str, comm: str | None = None) -> list[ev.TraceEvent]:
         return [e for e in self.trace if e.event == event and (comm is None or e.comm == comm)]
+
+    @cached_property
+    def answers(self) -> ev.AnswersFile | None:
+        return None if self.answers_text is None else ev.parse_answers(self.answers_text)
 
     @property
     def payload_len(self) -> int:

@@ -135,8 +135,11 @@ def build_result(run: RunData, checks: list[CheckResult], artifacts: dict[str, s
         "submission": {"sha256": run.submission_sha256, "files": dict(run.submission_files)},
         "message": run.message,
         "port": run.port,
-        "score": sum(c.points for c in checks),
-        "max_score": max_score if max_score is not None else sum(c.max_points for c in checks),
+        "score": sum(c.points for c in checks if c.part == "lab"),
+        "max_score": max_score if max_score is not None else
+        sum(c.max_points for c in checks if c.part == "lab"),
+        # the answers file's checks, scored apart from the lab (None: the lab asks no questions)
+        "questions": questions_score(checks),
         "verdict": run.verdict,
         "checks": [c.as_dict() for c in checks],
         "phases": [p.as_dict() for p in run.phases.values()],
@@ -149,7 +152,18 @@ def build_result(run: RunData, checks: list[CheckResult], artifacts: dict[str, s
         "artifacts": dict(artifacts or {}),
         # what was seen from outside the guest, and from where (grader/engine/hostevidence.py)
         "host_evidence": {name: e.as_dict() for name, e in run.host_evidence.items()},
+        # the answers file for the instructor (None: none handed in): every answer, the checked
+        # ones too, and the lines that were not understood
+        "answers": None if run.answers is None else
+        {"values": dict(run.answers.values), "problems": list(run.answers.problems)},
     }
+
+
+def questions_score(checks: list[CheckResult]) -> dict | None:
+    qs = [c for c in checks if c.part == "questions"]
+    if not qs:
+        return None
+    return {"score": sum(c.points for c in qs), "max_score": sum(c.max_points for c in qs)}
 
 
 def write_result(result: dict, outdir: str | Path, name: str = "result.json") -> Path:
@@ -193,6 +207,9 @@ def render_table(rows: list[dict]) -> str:
 def render_text(result: dict) -> str:
     lines = [f"copylab {result['lab']} run {result.get('run_id', '')}: "
              f"{result['score']}/{result['max_score']} points"]
+    if result.get("questions"):
+        q = result["questions"]
+        lines.append(f"questions (answers file, scored apart): {q['score']}/{q['max_score']} points")
     if result.get("verdict"):
         lines.append(f"VERDICT: {result['verdict']}")
     lines.append("")

@@ -49,6 +49,13 @@ BUILD_PLACES = ("auto", "sandbox", "vm")
 RUNID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # exit status of the run phase's wait when the receiver's shell ended without writing receiver.rc
 NO_STATUS_FILE = 4
+# the sender's own time limit ends this many seconds before the run phase's, which leaves time to
+# read how the receiver ended
+SENDER_MARGIN = 4
+# exit statuses of `timeout -k 2 N CMD` when it ended CMD: SIGTERM after N s, SIGKILL 2 s later
+TIMEOUT_EXITS = (124, 137)
+# seconds for one last look at the receiver's status file once the run phase's time is up
+RECEIVER_RECHECK = 10
 
 
 @dataclass
@@ -158,7 +165,7 @@ class GradingRun:
         self.run = RunData(lab_id=lab.id, runid=runid, message=message,
                            port=port if port is not None else new_port(lab, rng),
                            profile=self.profile, send_comm=lab.send_comm, recv_comm=lab.recv_comm,
-                           receiver_addr=lab.receiver_addr)
+                           receiver_addr=lab.receiver_addr, example_addresses=lab.example_addresses)
         # the e1000e driver's copybreak the lab network is set up with (None: the driver's own)
         self.copybreak = copybreak if copybreak is not None else lab.copybreak
         # False for `make check` in the student's own VM: no hypervisor view there, the checks say so
@@ -359,6 +366,12 @@ class GradingRun:
                 raise PhaseFailed("failed", f"{name} is {len(data)} bytes, more than "
                                             f"{self.lab.max_file_bytes}")
             files[name] = data
+        for name in self.lab.optional_files:
+            p = self.submission_dir / name
+            if p.is_file() and not p.is_symlink():
+                data = p.read_bytes()[:self.lab.max_file_bytes]
+                files[name] = data
+                self.run.answers_text = data.decode("utf-8", errors="replace")
         self.run.submission_sha256, self.run.submission_files = submission_digest(files)
         parent = self.rdir.rsplit("/", 1)[0]
         r = self.sh(f"mkdir -p {shlex.quote(parent)} && mkdir {shlex.quote(self.rdir)}", dl.left())
@@ -505,13 +518,16 @@ class GradingRun:
             detail.append("receiver never printed its listening line"
                           + (" (it exited)" if r.exit_code == 3 else ""))
             status = "failed" if not r.timed_out else "timeout"
-        send = self.as_program_user(self._fmt(self.lab.sender_command))
+        # the sender gets its own time limit, inside the phase's, so that a sender that never
+        # exits still leaves time to learn how the receiver ended
+        send_tmo = max(1, int(dl.left()) - SENDER_MARGIN)
+        send = self.as_program_user(f"timeout -k 2 {send_tmo} {self._fmt(self.lab.sender_command)}")
         r = self.sh(f"cd {d} && {send} </dev/null 2>&1", dl.left())
         run.sender_out, run.sender_exit = r.stdout + r.stderr, r.exit_code
-        if r.timed_out:
+        if r.timed_out or r.exit_code in TIMEOUT_EXITS:
             run.sender_timed_out = True
             status = "timeout"
-            detail.append("the sender did not finish in time")
+            detail.append(f"the sender did not finish in time (still running after {send_tmo} s)")
         elif r.exit_code != 0:
             detail.append(f"the sender exited {r.exit_code}")
             status = "failed" if status == "ok" else status
@@ -524,6 +540,12 @@ class GradingRun:
             finished = r.ok or r.exit_code == NO_STATUS_FILE
         except PhaseFailed:
             finished, r = False, None
+        if not finished:
+            # the phase's time is up (a sender that overran its limit may have taken it): the
+            # receiver may have ended all the same, and its status file says so
+            r = self.sh(f"cd {d}; test -e receiver.rc || exit {NO_STATUS_FILE}; cat receiver.rc",
+                        RECEIVER_RECHECK)
+            finished = r.ok
         status_problem = None
         if finished:
             text = r.stdout.strip() if r.ok else ""
@@ -543,6 +565,8 @@ class GradingRun:
         if run.receiver_timed_out:
             status = "timeout"
             detail.append("the receiver did not finish in time")
+        elif run.sender_timed_out and run.receiver_exit == 0:
+            detail.append("the receiver finished (exit 0)")
         elif status_problem:
             free = "unknown" if run.disk_free_bytes is None else f"{run.disk_free_bytes} bytes"
             detail.append(f"{status_problem}: the VM could not record it (free disk after the run: {free})")

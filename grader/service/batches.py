@@ -57,7 +57,8 @@ def grade_folder(assignment: Assignment, folder: Path, created_by: str) -> tuple
         if entry.is_dir():
             from .labs import lab_spec
 
-            lab_files = lab_files or lab_spec(assignment.lab).files
+            lab_files = lab_files or [*lab_spec(assignment.lab).files,
+                                       *lab_spec(assignment.lab).optional_files]
             parts = []
             for p in sorted(entry.iterdir()):
                 if p.is_file() and not p.is_symlink() and p.name in lab_files:

@@ -41,7 +41,7 @@ def accept(user: User, assignment: Assignment, parts: list[UploadPart], source: 
     lab = lab_spec(assignment.lab)
     if enforce_quota:
         check_quota(assignment, user.id)   # refused before the upload is read; checked again below
-    files = validate_upload(parts, lab.files, limits_for(lab))
+    files = validate_upload(parts, lab.files, limits_for(lab), lab.optional_files)
     store = Store(current_app.config["STORE_DIR"])
     upload = next((p.data for p in parts if p.field == "archive"), None)
     key, digest, per_file = store.put_submission(files, upload)

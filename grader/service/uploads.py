@@ -276,9 +276,11 @@ def unpack_archive(data: bytes, allowed: set[str], limits: Limits) -> dict[str, 
     raise UploadRejected("the archive is not a .tar, .tar.gz or .zip file")
 
 
-def validate_upload(parts: list[UploadPart], lab_files: list[str], limits: Limits) -> dict[str, bytes]:
-    """The lab's files from an upload (one archive field, or one field per file)."""
-    allowed = set(lab_files)
+def validate_upload(parts: list[UploadPart], lab_files: list[str], limits: Limits,
+                    optional_files: list[str] = ()) -> dict[str, bytes]:
+    """The lab's files from an upload (one archive field, or one field per file), with those of
+    ``optional_files`` that were sent (checked like the others when present)."""
+    allowed = set(lab_files) | set(optional_files)
     expected = ", ".join(lab_files)
     if not parts:
         raise UploadRejected(f"no files were uploaded: send {expected}, or one archive holding them")
@@ -291,8 +293,9 @@ def validate_upload(parts: list[UploadPart], lab_files: list[str], limits: Limit
         found = {}
         for p in parts:
             if p.field not in allowed:
+                extra = f" and optionally {', '.join(optional_files)}" if optional_files else ""
                 raise UploadRejected(f"unexpected upload field {_printable(p.field)}: this lab takes "
-                                     f"{expected} (or one archive)")
+                                     f"{expected}{extra} (or one archive)")
             base = PurePosixPath((p.filename or "").replace("\\", "/")).name
             if p.filename and base != p.field:
                 raise UploadRejected(f"the file for {p.field} is named {_printable(p.filename)}; "
@@ -303,6 +306,9 @@ def validate_upload(parts: list[UploadPart], lab_files: list[str], limits: Limit
     missing = [n for n in lab_files if n not in found]
     if missing:
         raise UploadRejected(f"the upload lacks {', '.join(missing)} (expected {expected})")
-    for name in lab_files:
+    # an empty optional file is the same as none: a student who answered nothing loses only that
+    present = [n for n in [*lab_files, *optional_files]
+               if n in found and (n in lab_files or found[n].strip())]
+    for name in present:
         check_text(name, found[name], limits)
-    return {n: found[n] for n in lab_files}
+    return {n: found[n] for n in present}

@@ -8,6 +8,11 @@ The files to hand in are `[submission].files` of the lab spec: `--spec` when giv
 `<lab-dir>/lab.toml`. They are packaged, flat, as regular files with mode 0644 and no owner
 names, into `handin-<lab>-<UTC timestamp>.tar.gz` in the output folder (default: the lab folder).
 
+The lab's optional answers file (`[submission].answers_file`, e.g. answers.txt) goes along when it
+holds answers; when it is missing, empty or still the unchanged template, the archive is made
+without it and a note says so (only the questions' points are lost). A link or an oversized
+answers file is refused like a lab file.
+
 Refused (exit status 2, nothing written) when a file is missing, not a regular file, empty,
 larger than `[submission].max_file_bytes`, or byte-identical to the generated skeleton. The
 skeleton is known from a SHA256SUMS manifest written by mkskeleton.py: `--skeleton-sums`, else
@@ -101,6 +106,32 @@ def find_sums(lab_dir: Path, explicit: Path | None) -> Path | None:
         if (lab_dir / rel).is_file():
             return lab_dir / rel
     return None
+
+
+def answers_file(spec: dict, spec_path: Path) -> str | None:
+    name = spec.get("submission", {}).get("answers_file")
+    if name is None:
+        return None
+    if not isinstance(name, str) or name != Path(name).name or name in (".", ".."):
+        raise Refused(f"{spec_path}: [submission].answers_file {name!r} is not a plain file name")
+    return name
+
+
+def optional_answers(
+    lab_dir: Path, name: str, sums: dict[str, str], max_bytes: int | None
+) -> tuple[bytes | None, str]:
+    """(content or None, why it is left out). Refused for a link or an oversized file."""
+    try:
+        st = (lab_dir / name).lstat()
+    except FileNotFoundError:
+        return None, f"no {name}"
+    # links, folders and oversized files are refused as for the lab's files
+    data = check_files(lab_dir, [name], {}, max_bytes)[name] if st.st_size else b""
+    if not data.strip():
+        return None, f"{name} is empty"
+    if sums.get(name) == hashlib.sha256(data).hexdigest():
+        return None, f"{name} is the unchanged template"
+    return data, ""
 
 
 def check_files(
@@ -325,9 +356,19 @@ def main(argv: list[str] | None = None) -> int:
             sums = {}
         else:
             sums = read_sums(sums_path)
-        contents = check_files(
-            lab_dir, files, sums, max_bytes if isinstance(max_bytes, int) else None
-        )
+        limit = max_bytes if isinstance(max_bytes, int) else None
+        contents = check_files(lab_dir, files, sums, limit)
+        answers = answers_file(spec, spec_path)
+        if answers is not None:
+            data, why = optional_answers(lab_dir, answers, sums, limit)
+            if data is None:
+                print(
+                    f"handin: note: {why}: handing in without it "
+                    "(you lose only the questions' points)",
+                    file=sys.stderr,
+                )
+            else:
+                contents[answers] = data
         url, token = (None, None) if args.no_upload else upload_config(args.config)
         if url and token and url_problem(url):
             raise Refused(url_problem(url))

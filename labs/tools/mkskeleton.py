@@ -25,6 +25,10 @@ Marker syntax (C comments, each marker alone on its line, indentation free):
 - Every SOLUTION block must be preceded by a TODO(n) comment since the previous block; blocks do
   not nest. Violations are errors (exit status 2).
 
+A solution file named `*.txt` is an answers file instead (`key: value` lines, `#` comments, lines
+starting with a space or tab continue an answer; grader/engine/evidence.py parse_answers): the
+skeleton keeps its comments and keys and drops every answer, so it is the students' template.
+
 Standard library only (Python 3.11).
 """
 
@@ -87,6 +91,24 @@ def skeletonize(text: str, name: str = "<text>") -> str:
     return "".join(out)
 
 
+ANSWER_LINE_RE = re.compile(r"^(?P<key>[a-z][a-z0-9_]*):")
+
+
+def blank_answers(text: str, name: str = "<text>") -> str:
+    """The template of an answers file: comments, blank lines and keys stay, answers go."""
+    out: list[str] = []
+    for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            out.append(line)
+        elif line[0] in " \t":
+            continue                      # the continuation of an answer
+        elif m := ANSWER_LINE_RE.match(line):
+            out.append(m.group("key") + ":\n")
+        else:
+            raise MarkerError(f"{name}:{lineno}: not a comment or a `key: value` line")
+    return "".join(out)
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -101,7 +123,8 @@ def generate(lab_dir: Path) -> dict[str, bytes]:
         if not path.is_file() or path.is_symlink() or path.name.startswith("."):
             continue
         text = path.read_text(encoding="utf-8")
-        files[path.name] = skeletonize(text, str(path)).encode("utf-8")
+        make = blank_answers if path.suffix == ".txt" else skeletonize
+        files[path.name] = make(text, str(path)).encode("utf-8")
     if SUMS_NAME in files:
         raise MarkerError(f"{solution / SUMS_NAME}: reserved name")
     sums = "".join(f"{sha256_hex(data)}  {name}\n" for name, data in sorted(files.items()))

@@ -38,14 +38,26 @@ def render(spec: LabSpec) -> str:
         "| # | check | what it checks | points | needs |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for c in spec.checks:
+
+    def row(c) -> str:
         needs = ", ".join(f"{number[d]} `{d}`" for d in c.depends) or "nothing"
-        rows.append(f"| {number[c.name]} | `{c.name}` | {c.title or c.name} | {c.points} | {needs} |")
+        return f"| {number[c.name]} | `{c.name}` | {c.title or c.name} | {c.points} | {needs} |"
+
+    rows += [row(c) for c in spec.checks if c.part == "lab"]
     rows.append(f"| | **total** | | **{spec.max_score}** | |")
+    questions = [c for c in spec.checks if c.part == "questions"]
+    if questions:
+        rows += [row(c) for c in questions]
+        rows.append(f"| | **questions, scored apart** | | **{spec.questions_max}** | |")
     rule = (
         "A check runs only when every check it needs has passed. A check whose dependency failed "
         "is not run and scores 0, and the result names the check that stopped it."
     )
+    if questions:
+        rule += (
+            f" The questions are checked from your answers file ({spec.answers_file}) and scored "
+            f"apart from the lab's {spec.max_score} points: without the file you lose only theirs."
+        )
     return "\n".join(rows) + "\n\n" + rule + "\n"
 
 

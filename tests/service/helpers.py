@@ -118,6 +118,9 @@ def replay_runner(score_override=None, fail_acquire=False, delay=0.0, calls=None
         if delay:
             time.sleep(delay)
         r = good_run()
+        answers = Path(subdir) / lab.answers_file if lab.answers_file else None
+        if answers is not None and answers.is_file():   # read as the engine's upload phase does
+            r.answers_text = answers.read_text(encoding="utf-8")
         if fail_acquire:
             r.phases["acquire"].status = "failed"
             r.phases["acquire"].detail = "VMStartError: QEMU could not start"

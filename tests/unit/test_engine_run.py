@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import stat
 import textwrap
 from contextlib import contextmanager
@@ -178,6 +179,32 @@ def test_receiver_timeout_keeps_partial_output(env):
     assert env.vm.events[-1] == ("release", True)
 
 
+@pytest.mark.parametrize("margin", [None, -3])
+def test_a_sender_that_never_exits_is_reported_as_the_sender_s_end(env, monkeypatch, margin):
+    """The receiver got the message and exited 0; only the sender overran its own time limit.
+    With a margin below 0 the sender takes the phase's whole time (a slow VM): the receiver's status
+    file still tells how it ended."""
+    if margin is not None:
+        from grader.engine import run as runmod
+        monkeypatch.setattr(runmod, "SENDER_MARGIN", margin)
+    (env.sub / "sender.c").write_text(
+        f'echo "sender: buffer at 0x{SBUF:x}"; echo "$1" > sent.msg; '
+        f'echo "sender: sent 16 bytes \\"$1\\" to 127.0.0.1:$2"; sleep 30\n')
+    res = env.do().result
+    run = {p["name"]: p for p in res["phases"]}["run"]
+    assert run["status"] == "timeout", run
+    assert "the sender did not finish in time" in run["detail"], run
+    assert "the receiver did not finish" not in run["detail"], run
+    assert "the receiver finished (exit 0)" in run["detail"], run
+    assert run["duration_s"] < 10
+    pr = {c["name"]: c for c in res["checks"]}["programs_report"]
+    texts = [e["text"] for e in pr["evidence"]]
+    assert not pr["passed"]
+    assert any("the sender did not exit after it sent the message" in t for t in texts), texts
+    assert any("received 16 bytes" in t for t in texts), texts
+    assert not any("receiver did not finish" in t or "timed out" in t for t in texts), texts
+
+
 RECEIVER_THEN_RC = (f'echo "receiver: listening on 127.0.0.1:$1"; echo "receiver: buffer at 0x{RBUF:x}"\n'
                     'while [ ! -e sent.msg ]; do sleep 0.05; done\n'
                     'echo "receiver: received 16 bytes \\"$(cat sent.msg)\\""\n')
@@ -217,7 +244,7 @@ def test_programs_run_as_the_program_account_through_sudo(env):
     assert res["score"] == 100, render_text(res)
     calls = log.read_text().splitlines()
     assert any(c.startswith("-u root -- timeout -k 2 3 ./receiver ") for c in calls), calls
-    assert any(c.startswith(f"-u root -- ./sender {MSG} ") for c in calls), calls
+    assert any(re.match(rf"-u root -- timeout -k 2 \d+ ./sender {MSG} ", c) for c in calls), calls
     assert "-u root -- kill -KILL -1" in calls
     rdir = env.tmp / "runs" / "run1"
     mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in rdir.iterdir()}

@@ -139,10 +139,11 @@ def test_skeleton_leaves_the_student_work_open():
 @pytest.mark.parametrize("kind", subs.KINDS)
 def test_fixture_kinds_apply(kind, tmp_path):
     folder = subs.make_submission(kind, tmp_path / kind)
-    assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)
+    with_answers = kind in subs.WITH_ANSWERS
+    assert sorted(p.name for p in folder.iterdir()) == sorted(FILES + (subs.ANSWERS,) * with_answers)
     texts = {n: (folder / n).read_text() for n in FILES}
     solution = {n: (LAB / "solution" / n).read_text() for n in FILES}
-    assert (texts == solution) == (kind == "solution")
+    assert (texts == solution) == (kind == "solution" or with_answers)
 
 
 def test_fixture_anchor_is_asserted(monkeypatch):

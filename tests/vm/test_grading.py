@@ -156,6 +156,44 @@ def test_missing_copy1_names_the_path_that_copied_instead(lab, lab_vm, tmp_path)
     assert "csum_and_copy_from_iter" in text, text
 
 
+def test_the_answers_file_is_graded_apart_against_this_run(lab, lab_vm, tmp_path):
+    result = run_kind(lab, lab_vm, tmp_path, "answers")
+    assert_full_marks(result)
+    assert result["questions"] == {"score": 10, "max_score": 10}, \
+        {n: evidence_text(c) for n, c in checks(result).items() if c["part"] == "questions"}
+    # the distance was checked against this run's own trace, not taken on trust
+    assert "the independent trace: skb->data" in evidence_text(checks(result)["answer_copy_distance"])
+    assert result["answers"]["values"]["copy_distance"] == "0"
+    assert "answers.txt" in result["submission"]["files"]
+
+
+@pytest.mark.parametrize("kind, check, named", [
+    ("swapped_copy1", "copy1_kernel_side", "mistake: dest and src are swapped in [COPY1]"),
+    ("percent_p", "copy1_kernel_side", "like what %p prints"),
+    ("handout_numbers", "copy1_kernel_side", "are example addresses from the handout"),
+])
+def test_a_common_mistake_is_named_next_to_its_symptoms(lab, lab_vm, tmp_path, kind, check, named):
+    result = run_kind(lab, lab_vm, tmp_path, kind)
+    c = checks(result)[check]
+    text = evidence_text(c)
+    assert not c["passed"] and named in text, text
+    # the symptom lines stay
+    assert any(e["mark"] == "bad" and "mistake:" not in e["text"] for e in c["evidence"]), text
+    assert result["questions"]["score"] == 0
+
+
+def test_a_sender_that_never_exits_is_not_blamed_on_the_receiver(lab, lab_vm, tmp_path):
+    result = run_kind(lab, lab_vm, tmp_path, "sender_lingers")
+    run = phases(result)["run"]
+    assert run["status"] == "timeout" and "the sender did not finish in time" in run["detail"], run
+    assert "the receiver did not finish" not in run["detail"], run
+    pr = evidence_text(checks(result)["programs_report"])
+    assert "the sender did not exit after it sent the message" in pr, pr
+    assert "payload arrived intact" in pr and "receiver timed out" not in pr, pr
+    # the module's side of the run is unaffected (the records' checks need programs_report)
+    assert checks(result)["copy1_kernel_side"]["passed"] and checks(result)["copy4_kernel_side"]["passed"]
+
+
 def test_qemu_killed_from_outside_mid_build_is_the_hosts_failure(lab, lab_vm, tmp_path):
     """SIGKILL of QEMU during the module build (an operator, the OOM killer): no crash verdict for
     the student, the VM says why (the service retries on that), and the next job runs normally."""

@@ -2,12 +2,17 @@
 same sudo helper, on the student's own lab folder (the skeleton provisioning put there)."""
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "labs" / "tools"))
+
+import samplecheck  # noqa: E402
 
 
 def _as_student(admin_ssh, command: str, timeout: float = 600, check: bool = True):
@@ -40,6 +45,17 @@ def test_make_check_in_the_vm_passes_with_the_solution(lab_vm, admin_ssh, golden
         picture = r.stdout.split("the journey: 48 bytes in 3 places", 1)[1].split("\n\n", 1)[0]
         assert re.search(r"^kernel half +0xffff[0-9a-f]{12}$", picture, re.M), picture
         assert re.search(r"^user half +0x0000[0-9a-f]{12} +0x0000[0-9a-f]{12}$", picture, re.M), picture
+        # the answers template provisioning installed: the questions show as not answered
+        assert "questions (answers file, scored apart): 0/10 points" in r.stdout
+        # the handout's sample is a run like this one, line for line, but for what changes per run;
+        # COPYLAB_SAMPLE_OUT keeps this run's output for labs/tools/samplecheck.py --from
+        if os.environ.get("COPYLAB_SAMPLE_OUT"):
+            Path(os.environ["COPYLAB_SAMPLE_OUT"]).write_text(r.stdout)
+        readme = ROOT / "labs/lab1/README.md"
+        sample = samplecheck.sample_of(readme.read_text(), str(readme))
+        assert samplecheck.differences(sample, r.stdout) == [], (
+            "regenerate the sample: labs/tools/samplecheck.py labs/lab1 --from <this run's output>\n"
+            + r.stdout)
     finally:
         lab_vm.release(dirty=True)
 
