@@ -18,6 +18,9 @@ from lab2_submissions import make_submission  # noqa: E402
 from grader.engine.labspec import load_lab  # noqa: E402
 from grader.engine.run import grade  # noqa: E402
 
+# one worker runs every lab 2 test: they share the one VM of lab 2's shape (nic_lab_vm)
+pytestmark = pytest.mark.xdist_group("lab2")
+
 
 @pytest.fixture(scope="module")
 def lab():

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# one worker runs every lab 2 test: they share the one VM of lab 2's shape (nic_lab_vm)
+pytestmark = pytest.mark.xdist_group("lab2")
+
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "labs" / "lab2"
 HEADERS = 14 + 20 + 8  # Ethernet + IPv4 + UDP in front of the payload
@@ -49,15 +52,12 @@ sudo dmesg
 
 
 @pytest.fixture(scope="module")
-def lab_vm(golden, progress, tmp_path_factory):
-    """This module's own VM (overrides the shared one): lab 2 needs the pair of e1000e cards."""
-    from grader.vm.labvm import QemuLabVM
-
-    vm = QemuLabVM(golden=golden, workdir=tmp_path_factory.mktemp("lab2vm"), name="lab2",
-                   progress=progress, nic_pair=True)
-    vm.prepare()
-    yield vm
-    vm.close()
+def lab_vm(nic_lab_vm):
+    """The shared VM of lab 2's shape (overrides the plain one), from its clean snapshot; these tests
+    change it by hand, so the next acquire restores the snapshot again."""
+    nic_lab_vm.acquire()
+    yield nic_lab_vm
+    nic_lab_vm.fresh = False
 
 
 def build(admin_ssh, sources: str) -> None:
