@@ -183,3 +183,19 @@ def test_a_card_buffer_freed_before_the_hypervisor_read_it_is_found_through_the_
     run = lab2_run(copybreak=256)
     run.card.of("nic_rx")[-1].values["bytes"] = bytes(60)   # with copybreak the trace saw the copy
     assert "the card wrote no frame holding this run's message" in texts(results(run)["rx_card_write"])
+
+
+def test_make_check_names_the_card_checks_only_the_official_grader_runs():
+    """In the student's VM the two hypervisor checks cannot pass: make check names them and they do
+    not make it fail; with the card's view they count like any other check."""
+    from grader.engine.check import official_only
+    from grader.engine.labspec import load_lab
+
+    lab = load_lab("lab2")
+    result = {"host_evidence": {"nic-trace": {"status": "unavailable"}},
+              "checks": [{"name": "tx_card_read", "passed": False, "max_points": 15},
+                         {"name": "rx_card_write", "passed": False, "max_points": 15},
+                         {"name": "tx_record", "passed": False, "max_points": 10}]}
+    assert [c["name"] for c in official_only(lab, result)] == ["tx_card_read", "rx_card_write"]
+    result["host_evidence"]["nic-trace"]["status"] = "ok"
+    assert official_only(lab, result) == []
