@@ -10,9 +10,8 @@ in it under bubblewrap:
   is a container manager that wants root and a whole OS tree.
 - the build root read-only as `/`, a new /proc, a minimal /dev, an empty /tmp, the build folder the
   only writable path; no other host path exists inside (an `#include` of one is a compile error);
-- every namespace unshared (no network: only a down loopback), uid/gid 1000 inside, mapped (when the
-  grader runs as root) to a host uid of this build's own, unused by any account and locked for the
-  build's life (`BUILD_UIDS`), or to the account `COPYLAB_BUILD_USER` names;
+- every namespace unshared (no network: only a down loopback), uid/gid 1000 inside, mapped to an
+  unprivileged host account (`COPYLAB_BUILD_USER`, default `nobody`, when the grader runs as root);
 - limits: CPU seconds, address space and file size per process, processes of the build account,
   the log and the build folder's size and file count (watched while it runs), wall time (the phase
   deadline); the pid namespace ends every process of the build with it.
@@ -21,10 +20,8 @@ Stdlib only; the engine reaches it through the VM object's `host_builder()`.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import random
 import pwd
 import re
 import select
@@ -38,11 +35,6 @@ from pathlib import Path
 
 ARCH_OF_MACHINE = {"x86_64": "amd64", "aarch64": "arm64"}
 INSIDE = "/build"
-# A root grader gives every build a uid of its own from this range: RLIMIT_NPROC counts the processes
-# of a uid host-wide, so builds sharing one account (nobody) would count, and stop, each other's.
-BUILD_UIDS = range(0x70000000, 0x70000000 + (1 << 20))
-# one lock file per uid in use (held while the build runs), shared by every grader process on the host
-UID_LOCKS = Path("/run/copylab/build-uids")
 
 
 def host_arch() -> str:
@@ -135,27 +127,24 @@ class HostBuilder:
         self.release = self.manifest["kernel_release"]
         self.arch = self.manifest["arch"]
         self.limits = limits or Limits()
-        # (uid, gid) of every build, or None: a fresh uid per build (root grader, no account named)
-        self.account: tuple[int, int] | None = None
-        name = user or os.environ.get("COPYLAB_BUILD_USER")
-        if os.geteuid() != 0:
-            self.account = (os.getuid(), os.getgid())
-        elif name:
+        if os.geteuid() == 0:
+            name = user or os.environ.get("COPYLAB_BUILD_USER", "nobody")
             try:
                 pw = pwd.getpwnam(name)
             except KeyError as e:
                 raise SandboxError(f"build account {name!r} does not exist (COPYLAB_BUILD_USER)") from e
             if pw.pw_uid == 0:
                 raise SandboxError(f"build account {name!r} is root")
-            self.account = (pw.pw_uid, pw.pw_gid)
+            self.uid, self.gid = pw.pw_uid, pw.pw_gid
+        else:
+            self.uid, self.gid = os.getuid(), os.getgid()
 
     def describe(self) -> str:
         return f"sandbox (bubblewrap, build root {self.root.name})"
 
     # ------------------------------------------------------------ the sandbox
     def command(self, folder: Path, env: dict[str, str], argv: list[str],
-                info_fd: int | None = None, ident: tuple[int, int] | None = None) -> list[str]:
-        """``ident``: the (uid, gid) the sandbox runs as on the host (a root grader only)."""
+                info_fd: int | None = None) -> list[str]:
         lim = self.limits
         root = self.tree
         prefix: list[str] = []
@@ -167,7 +156,7 @@ class HostBuilder:
             prefix = ["unshare", "--mount", "--propagation", "private", "--",
                       "sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh",
                       str(self.tree), str(root),
-                      "setpriv", f"--reuid={ident[0]}", f"--regid={ident[1]}", "--clear-groups", "--"]
+                      "setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--"]
         cmd = prefix + [
             "prlimit", f"--cpu={lim.cpu_seconds}", f"--as={lim.address_space}",
             f"--fsize={lim.file_size}", f"--nproc={2 * lim.processes}", "--core=0", "--",
@@ -181,12 +170,11 @@ class HostBuilder:
             cmd += ["--setenv", k, v]
         return cmd + argv
 
-    def _spawn(self, box: "_Folder", env: dict[str, str], argv: list[str]) -> tuple[subprocess.Popen, str | None]:
+    def _spawn(self, folder: Path, env: dict[str, str], argv: list[str]) -> tuple[subprocess.Popen, str | None]:
         """The started sandbox and its pid namespace ("pid:[inode]", None if it never got one)."""
         r, w = os.pipe()
         try:
-            proc = subprocess.Popen(self.command(box.path, env, argv, info_fd=w, ident=(box.uid, box.gid)),
-                                    stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(self.command(folder, env, argv, info_fd=w), stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     start_new_session=True, pass_fds=(w,))
         finally:
@@ -214,9 +202,9 @@ class HostBuilder:
         for tool in ("bwrap", "prlimit", "unshare", "setpriv"):
             if shutil.which(tool) is None:
                 return f"{tool} is not installed (Debian package {'bubblewrap' if tool == 'bwrap' else 'util-linux'})"
-        with self.folder() as box:
+        with self.folder() as folder:
             try:
-                p, _ = self._spawn(box, {}, ["/usr/bin/true"])
+                p, _ = self._spawn(folder, {}, ["/usr/bin/true"])
                 out, _ = p.communicate(timeout=30)
             except (OSError, subprocess.TimeoutExpired) as e:
                 return f"bubblewrap did not start: {e}"
@@ -225,7 +213,7 @@ class HostBuilder:
         return None
 
     def folder(self) -> "_Folder":
-        return _Folder(self.account)
+        return _Folder(self.uid, self.gid)
 
     def build(self, sources: dict[str, Path], command: list[str], outputs: list[str], timeout: float,
               dest: Path) -> BuildOutcome:
@@ -233,15 +221,14 @@ class HostBuilder:
         the named `outputs` (regular files only) to `dest`; the folder is gone afterwards."""
         lim = self.limits
         t0 = time.monotonic()
-        with self.folder() as box:
-            folder = box.path
+        with self.folder() as folder:
             for name, src in sources.items():
                 target = folder / name
                 shutil.copyfile(src, target)
                 if os.geteuid() == 0:
-                    os.chown(target, box.uid, box.gid)
+                    os.chown(target, self.uid, self.gid)
             env = {"KDIR": f"/lib/modules/{self.release}/build"}
-            proc, ns = self._spawn(box, env, command)
+            proc, ns = self._spawn(folder, env, command)
             try:
                 log, problem, timed_out = self._watch(proc, ns, folder, t0 + timeout)
             finally:
@@ -364,61 +351,24 @@ def kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def claim_build_uid(tries: int = 64) -> tuple[int, int]:
-    """A uid (and lock file descriptor) no account has and no other build holds."""
-    UID_LOCKS.mkdir(parents=True, exist_ok=True, mode=0o700)
-    rng = random.SystemRandom()
-    for _ in range(tries):
-        uid = rng.choice(BUILD_UIDS)
-        try:
-            pwd.getpwuid(uid)
-            continue
-        except KeyError:
-            pass
-        path = UID_LOCKS / str(uid)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # the holder before us removes its file before unlocking: a lock on a removed file is no lock
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
-                return uid, fd
-        except (BlockingIOError, FileNotFoundError):
-            pass
-        os.close(fd)
-    raise SandboxError(f"no free build uid after {tries} tries in {UID_LOCKS}")
-
-
 class _Folder:
-    """A private build folder (a 0711 parent only the grader owns, the folder owned by the build's
-    uid) and, for a root grader without a named account, the build's own uid, held until the folder
-    and every process of the build are gone."""
+    """A private build folder: a 0711 parent only the grader owns, the folder owned by the build account."""
 
-    def __init__(self, account: tuple[int, int] | None):
-        self.account = account
-        self.uid = self.gid = -1
-        self._lock: int | None = None
+    def __init__(self, uid: int, gid: int):
+        self.uid, self.gid = uid, gid
 
-    def __enter__(self) -> "_Folder":
-        if self.account is None:
-            self.uid, self._lock = claim_build_uid()
-            self.gid = self.uid
-        else:
-            self.uid, self.gid = self.account
+    def __enter__(self) -> Path:
         self.parent = Path(tempfile.mkdtemp(prefix="copylab-build-"))
         os.chmod(self.parent, 0o711)
         (self.parent / "root").mkdir()
-        self.path = self.parent / "b"
-        self.path.mkdir(mode=0o700)
+        path = self.parent / "b"
+        path.mkdir(mode=0o700)
         if os.geteuid() == 0:
-            os.chown(self.path, self.uid, self.gid)
-        return self
+            os.chown(path, self.uid, self.gid)
+        return path
 
     def __exit__(self, *exc):
         shutil.rmtree(self.parent, ignore_errors=True)
-        if self._lock is not None:
-            (UID_LOCKS / str(self.uid)).unlink(missing_ok=True)
-            os.close(self._lock)
-            self._lock = None
 
 
 _PROBED: dict[Path, str | None] = {}
