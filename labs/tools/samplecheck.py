@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -101,8 +102,10 @@ def differences(sample: str, real: str) -> list[str]:
 
 def run_make_check(folder: Path) -> str:
     """`make check` of the solution in FOLDER; its output, which must show every check passing."""
+    # a make above this one (make test) would make it print "make[1]: Entering directory" lines
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     r = subprocess.run(["make", "check"], cwd=folder, capture_output=True, text=True,
-                       timeout=RUN_TIMEOUT)
+                       timeout=RUN_TIMEOUT, env=env)
     if r.returncode != 0:
         raise SampleError(f"make check in {folder} exited {r.returncode}: not the solution's "
                           f"full marks, so not a sample\n{r.stdout[-2000:]}{r.stderr[-2000:]}")

@@ -84,9 +84,10 @@ OFFSETS_C = textwrap.dedent("""\
     #include <linux/uio.h>
     static int __init offs_init(void)
     {
-    \tpr_info("copylab-offsets: iov_iter_iov_offset=%zu iov_iter_iov=%zu msghdr_msg_iter=%zu sk_buff_data=%zu\\n",
+    \tpr_info("copylab-offsets: iov_iter_iov_offset=%zu iov_iter_iov=%zu msghdr_msg_iter=%zu sk_buff_data=%zu sk_buff_len=%zu\\n",
     \t\toffsetof(struct iov_iter, iov_offset), offsetof(struct iov_iter, iov),
-    \t\toffsetof(struct msghdr, msg_iter), offsetof(struct sk_buff, data));
+    \t\toffsetof(struct msghdr, msg_iter), offsetof(struct sk_buff, data),
+    \t\toffsetof(struct sk_buff, len));
     \treturn -EAGAIN;
     }
     module_init(offs_init);
