@@ -93,3 +93,7 @@ class HostEvidenceSource(Protocol):
 
 def unavailable(name: str, why: str, where: str = "outside the guest") -> HostEvidence:
     return HostEvidence(source=name, where=where, status="unavailable", detail=why)
+
+
+def failed(name: str, why: str, where: str = "outside the guest") -> HostEvidence:
+    return HostEvidence(source=name, where=where, status="failed", detail=why)

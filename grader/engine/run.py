@@ -33,7 +33,7 @@ from pathlib import Path
 from ..errors import GraderError
 from .checks import CheckResult, run_checks
 from .evidence import parse_taint
-from .hostevidence import HostEvidenceUnavailable, unavailable
+from .hostevidence import HostEvidenceUnavailable, failed, unavailable
 from .labspec import LabSpec
 from .model import RunData
 from .profile import KernelProfile, load_profile
@@ -341,9 +341,8 @@ class GradingRun:
                 source.arm(self.run)
                 self.host_armed.append(source)
             except Exception as e:  # noqa: BLE001 - a source's failure is recorded, grading goes on
-                self.run.host_evidence[name] = unavailable(name, f"could not be armed: "
-                                                                 f"{type(e).__name__}: {e}", source.where)
-                self.run.host_evidence[name].status = "failed"
+                self.run.host_evidence[name] = failed(name, f"could not be armed: {type(e).__name__}: {e}",
+                                                      source.where)
 
     def _collect_host_evidence(self) -> None:
         while self.host_armed:
@@ -351,9 +350,8 @@ class GradingRun:
             try:
                 self.run.host_evidence[source.name] = source.collect(self.run)
             except Exception as e:  # noqa: BLE001 - collect must not lose the run
-                self.run.host_evidence[source.name] = unavailable(
+                self.run.host_evidence[source.name] = failed(
                     source.name, f"collect failed: {type(e).__name__}: {e}", source.where)
-                self.run.host_evidence[source.name].status = "failed"
 
     def p_upload(self, dl):
         files: dict[str, bytes] = {}
