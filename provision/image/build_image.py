@@ -152,6 +152,8 @@ def golden_inputs() -> list[Path]:
     labs = [p for p in (REPO / "labs").glob("*") if p.is_dir()]
     out = [REPO / "provision" / "site.yml", REPO / "provision" / "plays", REPO / "provision" / "roles",
            REPO / "grader" / "engine", REPO / "grader" / "profiles", REPO / "grader" / "vmside"]
+    # the package files copylab_lab installs beside the engine (copylab_lab_engine_files)
+    out += [REPO / "grader" / name for name in ("__init__.py", "errors.py", "executor.py")]
     for lab in labs:
         for sub in lab.iterdir():
             if sub.name != "solution":

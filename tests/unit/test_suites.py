@@ -40,3 +40,13 @@ def test_the_builder_names_a_release_with_no_kernel_pinned_for_the_architecture(
     assert build_image.main(["--suite", "trixie", "--arch", "arm64"]) == 2
     err = capsys.readouterr().err
     assert "no arm64 kernel is pinned for trixie" in err and "COPYLAB_KERNEL_RELEASE" in err
+
+
+def test_the_golden_key_covers_every_grader_file_provisioning_installs_in_the_vm():
+    import yaml
+    from provision.image import build_image
+
+    defaults = yaml.safe_load((build_image.REPO / "provision/roles/copylab_lab/defaults/main.yml").read_text())
+    inputs = set(build_image.golden_inputs())
+    for name in defaults["copylab_lab_engine_files"] + defaults["copylab_lab_engine_trees"]:
+        assert build_image.REPO / "grader" / name in inputs, name
