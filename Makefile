@@ -67,7 +67,8 @@ demo: image
 # The golden image is built (or found in the cache) first, with its progress on the terminal, while
 # the arm64 image (tests/vm/test_arm64.py) and the Debian 13 image (tests/vm/test_kernel_6_12.py) build
 # beside it; the suite then runs on two workers, each with ONE lab VM shared by its tests through
-# snapshot restore (the arm64 and Debian 13 tests wait for their images).
+# snapshot restore (the arm64 and Debian 13 tests wait for their images). It ends with the 30 slowest
+# tests, the figures to read when the suite's time grows.
 test: deps
 	@date +%s > .test-session-start
 	@mkdir -p build && echo "arm64 and Debian 13 images: building in the background (logs: build/image-arm64.log, build/image-trixie.log)"
@@ -75,7 +76,7 @@ test: deps
 	@($(MAKE) --no-print-directory image COPYLAB_ARCH=amd64 COPYLAB_SUITE=trixie > build/image-trixie.log 2>&1 &)
 	$(MAKE) --no-print-directory image COPYLAB_ARCH=amd64 COPYLAB_SUITE=bookworm
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" COPYLAB_SESSION_START=$$(cat .test-session-start) \
-	  $(PYTEST) -ra -n 2 --dist loadgroup
+	  $(PYTEST) -ra -n 2 --dist loadgroup --durations=30
 
 test-fast: deps
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTEST) -ra -m "not vm and not libvirt" tests/unit
