@@ -30,6 +30,11 @@ class Row:
         return self.late.apply(self.result.score) if self.result and self.late else None
 
     @property
+    def questions(self) -> dict | None:
+        """The answers file's score, apart from the lab's (None: not graded, or no questions)."""
+        return self.result.data.get("questions") if self.result else None
+
+    @property
     def status(self) -> str:
         if self.result:
             return "graded" + (" (newer pending)" if self.pending else "")
@@ -77,7 +82,7 @@ def rows(assignment: Assignment) -> list[Row]:
 
 CSV_FIELDS = ["student_number", "username", "name", "email", "submissions", "graded_submission",
               "submitted_at_utc", "deadline_utc", "extension", "late_days", "penalty_percent",
-              "raw_score", "max_score", "final_score", "status"]
+              "raw_score", "max_score", "final_score", "status", "questions_score", "questions_max_score"]
 
 
 def gradebook_csv(assignment: Assignment) -> str:
@@ -96,6 +101,9 @@ def gradebook_csv(assignment: Assignment) -> str:
         "max_score": float(r.result.max_score) if r.result else None,
         "final_score": float(r.final_score) if r.result else 0,
         "status": r.status,
+        # no late penalty: the questions are optional and scored apart from the lab
+        "questions_score": float(r.questions["score"]) if r.questions else None,
+        "questions_max_score": float(r.questions["max_score"]) if r.questions else None,
     } for r in rows(assignment)))
 
 
@@ -119,7 +127,7 @@ def student_results(assignment: Assignment, user: User) -> dict:
             "graded_submission": r.graded.id if r.graded else None,
             "raw_score": r.raw_score, "late_days": r.late.late_days if r.late else None,
             "penalty_percent": r.late.penalty_percent if r.late else None,
-            "final_score": r.final_score, "status": r.status, "history": history}
+            "final_score": r.final_score, "status": r.status, "questions": r.questions, "history": history}
 
 
 def failing_checks(rows_: list[Row]) -> list[tuple[str, str, int]]:

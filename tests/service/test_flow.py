@@ -1,6 +1,9 @@
 """A student's and an instructor's path through the service, with a stand-in runner."""
 from __future__ import annotations
 
+import csv
+import io
+
 from tests.service.helpers import make_worker, replay_runner, solution_files, upload_data
 
 
@@ -54,3 +57,9 @@ def test_the_answers_file_is_graded_apart_and_shown_to_the_instructor(app, brows
     page = teacher.get(sub_url).get_data(as_text=True)
     assert 'id="questions-score"' in page and "<strong>10/10</strong>" in page, page[-3000:]
     assert "<code>copy_distance_why</code>" in page and "Loopback hands the very skb" in page
+    # the exports carry the questions' score beside the lab's, not added to it
+    text = teacher.get(f"/instructor/assignments/{aid}/gradebook.csv").get_data(as_text=True)
+    row = next(csv.DictReader(io.StringIO(text)))
+    assert (row["final_score"], row["questions_score"], row["questions_max_score"]) == ("100", "10", "10")
+    per = teacher.get(f"/instructor/assignments/{aid}/results.json").get_json()
+    assert per[0]["questions"]["score"] == 10 and per[0]["final_score"] == 100
