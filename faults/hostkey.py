@@ -16,7 +16,6 @@ from pathlib import Path
 from faults.report import Figure, zero
 
 REPO = Path(__file__).resolve().parents[1]
-STUDENT_PHASES = ("upload", "build", "trace_start", "load", "run")
 NEW_KEY = ("sudo rm -f /etc/ssh/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key.pub && "
            "sudo ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key && "
            "sudo systemctl restart ssh && sudo cat /etc/ssh/ssh_host_ed25519_key.pub")
@@ -24,8 +23,8 @@ NEW_KEY = ("sudo rm -f /etc/ssh/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_k
 
 def measure(golden: Path, progress=print) -> dict:
     from grader.engine.labspec import load_lab
+    from grader.engine.phases import SUBMISSION_PHASES, RunOutcome
     from grader.engine.run import grade
-    from grader.service.worker import infrastructure_failure
     from grader.ssh import SSHConnection
     from grader.vm.labvm import QemuLabVM
 
@@ -50,8 +49,8 @@ def measure(golden: Path, progress=print) -> dict:
     phases = {p["name"]: p for p in result["phases"]}
     verify = phases.get("verify", {})
     detail = verify.get("detail") or ""
-    ran = [n for n in STUDENT_PHASES if phases.get(n, {}).get("status") not in (None, "skipped")]
-    why = infrastructure_failure(result)
+    ran = [n for n in SUBMISSION_PHASES if phases.get(n, {}).get("status") not in (None, "skipped")]
+    why = RunOutcome.of_result(result).grader_failure
     clear = verify.get("status") == "failed" and "host key" in detail and "does not match" in detail
     figures = [
         Figure("hostkey", "a VM whose host key changed is refused before anything runs, with a clear message",

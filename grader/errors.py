@@ -27,10 +27,6 @@ class HostKeyMismatch(SSHError):
     """The server's host key is unknown or differs from the pinned one."""
 
 
-class CommandTimeout(SSHError):
-    """A remote operation (not a run(), which reports timed_out) did not finish in time."""
-
-
 class ChannelError(SSHError):
     """The SSH channel/SFTP session failed or the connection dropped."""
 
@@ -43,10 +39,10 @@ class LabSpecError(GraderError):
     """labs/<lab>/lab.toml or a kernel profile is invalid."""
 
 
-class GradingError(GraderError):
-    """A grading phase failed; ``phase`` names it."""
+class InfrastructureFailure(GraderError):
+    """Grading could not happen for reasons that are not the student's (the message says which); the
+    service grades the job again while attempts remain."""
 
-    def __init__(self, phase: str, message: str):
-        super().__init__(f"{phase}: {message}")
-        self.phase = phase
-        self.message = message
+
+class StoreDamaged(InfrastructureFailure):
+    """A stored submission no longer matches its receipt: grading it again cannot help."""

@@ -8,14 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LabSpecError
+from .phases import DEFAULT_TIMEOUTS, PHASE_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LABS_DIR = REPO_ROOT / "labs"
 
-PHASES = ("acquire", "verify", "upload", "build", "trace_start", "load", "run", "collect",
-          "unload", "release")
-DEFAULT_TIMEOUTS = {"acquire": 180, "verify": 30, "upload": 60, "build": 300, "trace_start": 30,
-                    "load": 30, "run": 30, "collect": 60, "unload": 30, "release": 60}
 CHECK_KEYS = {"name", "kind", "points", "depends", "hint", "title", "part"}
 # "lab": the checks of the lab's score; "questions": the answers file's checks, scored apart so that
 # a submission without answers keeps its lab score
@@ -172,8 +169,8 @@ def parse_lab(data: dict, lab_dir: str | Path, kinds: set[str] | None = None,
     grading = _get(data, "grading", dict, where, {})
     tmo = dict(DEFAULT_TIMEOUTS)
     for k, v in _get(data, "timeouts", dict, where, {}).items():
-        if k not in PHASES:
-            raise LabSpecError(f"{where}: [timeouts] unknown phase {k!r} (phases: {', '.join(PHASES)})")
+        if k not in PHASE_NAMES:
+            raise LabSpecError(f"{where}: [timeouts] unknown phase {k!r} (phases: {', '.join(PHASE_NAMES)})")
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
             raise LabSpecError(f"{where}: [timeouts] {k} must be a positive number")
         tmo[k] = float(v)

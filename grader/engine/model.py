@@ -10,7 +10,6 @@ from . import evidence as ev
 from .hostevidence import HostEvidence
 from .profile import KernelProfile
 
-PHASE_STATUSES = ("ok", "failed", "timeout", "skipped")
 # bytes in front of a UDP payload in an Ethernet frame: 14 Ethernet + 20 IPv4 + 8 UDP
 FRAME_HEADERS = 42
 # a shorter frame is padded to Ethernet's minimum (without the checksum) before a card receives it

@@ -9,9 +9,9 @@ from .checks import CheckResult, hx
 from .journey import journey_from_result
 from .journey import render_text as journey_text
 from .model import FRAME_HEADERS, RunData
+from .phases import RunOutcome
 
 SCHEMA_VERSION = 1
-ARTIFACT_NAMES = ("build.log", "kmsg.txt", "sender.out", "receiver.out", "trace.txt")
 
 
 def trace_table(run: RunData) -> list[dict]:
@@ -128,6 +128,7 @@ def build_result(run: RunData, checks: list[CheckResult], artifacts: dict[str, s
            "accel": None}
     env.update({k: v for k, v in run.environment.items() if v is not None})
     env["module_sha256"] = run.module_sha256
+    phases = [p.as_dict() for p in run.phases.values()]
     return {
         "schema": SCHEMA_VERSION,
         "lab": run.lab_id,
@@ -142,7 +143,9 @@ def build_result(run: RunData, checks: list[CheckResult], artifacts: dict[str, s
         "questions": questions_score(checks),
         "verdict": run.verdict,
         "checks": [c.as_dict() for c in checks],
-        "phases": [p.as_dict() for p in run.phases.values()],
+        "phases": phases,
+        # whether the result is the submission's or the grader failed (grader/engine/phases.py)
+        "outcome": RunOutcome.of_phases(phases).as_dict(),
         "environment": env,
         "disk_free_after_run_bytes": run.disk_free_bytes,
         "trace_table": wire_table(run) if is_wire_run(run) else trace_table(run),

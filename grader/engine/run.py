@@ -1,20 +1,9 @@
 """One grading run as explicit phases over a VM object and its Executor.
 
-The ``vm`` object (implemented by grader/vm/ over QEMU; a fake in the unit tests) must provide:
-
-    vm.acquire() -> None                 restore a clean VM
-    vm.executor()                        context manager -> Executor (user "grader", unprivileged)
-    vm.release(dirty: bool) -> str|None  optional detail for the release phase
-    vm.crash_excerpt() -> str | None     serial-log oops/panic text since acquire, or None
-    vm.alive() -> bool
-    vm.environment() -> dict             e.g. {"accel": "kvm"|"tcg", "arch": ..., ...}
-
-and may provide `vm.host_builder() -> (builder | None, reason)`: a sandbox on the grader host that
-builds with the VM image's own toolchain (grader/buildbox.py); without one the build runs in the VM;
-and `vm.host_evidence(name, lab, profile) -> (source | None, reason)`: a view of the guest from outside
-it (grader/engine/hostevidence.py), prepared in verify, armed around the student's programs.
-
-Phases: acquire, verify, upload, build, trace_start, load, run, collect, unload, release.
+The VM provides the LabVM contract of grader/engine/vmcontract.py, and may offer a build sandbox on the
+grader host (BuildsOnHost: without one the build runs in the VM) and views of the guest from outside it
+(WatchedFromOutside: prepared in verify, armed around the student's programs). The phases, their
+order and default time limits are the table of grader/engine/phases.py.
 """
 
 from __future__ import annotations
@@ -36,8 +25,10 @@ from .evidence import parse_taint
 from .hostevidence import HostEvidenceUnavailable, failed, unavailable
 from .labspec import LabSpec
 from .model import RunData
+from .phases import PHASE_NAMES, PHASES
 from .profile import KernelProfile, load_profile
 from .result import build_result, write_result
+from .vmcontract import BuildsOnHost, LabVM, WatchedFromOutside
 
 HELPER = "/usr/local/libexec/copylab/copylab-helper"
 RUNS_DIR = "/home/grader/runs"
@@ -89,7 +80,7 @@ class PhaseFailed(Exception):
 
 
 @dataclass
-class Outcome:
+class GradedRun:
     run: RunData
     checks: list[CheckResult]
     result: dict
@@ -134,7 +125,7 @@ class Deadline:
 class GradingRun:
     """Runs the phases; ``self.run`` is the per-run RunData the checks read."""
 
-    def __init__(self, lab: LabSpec, vm, submission_dir: str | Path, outdir: str | Path, *,
+    def __init__(self, lab: LabSpec, vm: LabVM, submission_dir: str | Path, outdir: str | Path, *,
                  profile: KernelProfile | None = None, message: str | None = None,
                  port: int | None = None, runid: str | None = None,
                  rng: random.Random | None = None, helper: str = HELPER,
@@ -171,12 +162,15 @@ class GradingRun:
         # False for `make check` in the student's own VM: no hypervisor view there, the checks say so
         self.host_evidence_required = host_evidence_required
         self.rdir = f"{runs_dir}/{runid}"
-        for name in ("acquire", "verify", "upload", "build", "trace_start", "load", "run",
-                     "collect", "unload", "release"):
+        for name in PHASE_NAMES:
             self.run.phase(name)
         self.ex = None
         self.host_sources: dict = {}    # name -> prepared HostEvidenceSource
         self.host_armed: list = []
+        # each phase of the table but release (which needs to know whether the run left the VM dirty)
+        self.steps = {"acquire": self.p_acquire, "verify": self.p_verify, "upload": self.p_upload,
+                      "build": self.p_build, "trace_start": self.p_trace_start, "load": self.p_load,
+                      "run": self.p_run, "collect": self.p_collect, "unload": self.p_unload}
 
     # ------------------------------------------------------------------ helpers
     def sh(self, cmd: str, timeout: float, **kw):
@@ -317,9 +311,9 @@ class GradingRun:
     def _prepare_host_evidence(self) -> str:
         """Each source the lab asks for, prepared while the guest is still clean. A required source
         that cannot run fails verify (the grader's failure); an optional one is recorded as unavailable."""
-        offer = getattr(self.vm, "host_evidence", None)
         for name in self.lab.host_evidence:
-            source, why = offer(name, self.lab, self.profile) if offer else \
+            source, why = self.vm.host_evidence(name, self.lab, self.profile) \
+                if isinstance(self.vm, WatchedFromOutside) else \
                 (None, "this VM offers no view from outside the guest")
             if source is not None:
                 try:
@@ -398,8 +392,8 @@ class GradingRun:
         """(host builder, why) or (None, why the build stays in the VM)."""
         if self.build_place == "vm":
             return None, "build_place='vm' was asked for"
-        offer = getattr(self.vm, "host_builder", None)
-        builder, why = offer() if offer else (None, "this VM offers no host build root")
+        builder, why = self.vm.host_builder() if isinstance(self.vm, BuildsOnHost) else \
+            (None, "this VM offers no host build root")
         release = self.run.environment.get("kernel_release")
         if builder is not None and builder.release != release:
             builder, why = None, f"the build root is for {builder.release}, the VM runs {release}"
@@ -619,7 +613,7 @@ class GradingRun:
     # ------------------------------------------------------------------ driver
     def execute(self) -> RunData:
         run = self.run
-        if not self.phase("acquire", self.p_acquire):
+        if not self.phase("acquire", self.steps["acquire"]):
             self._skip_after("acquire", "the VM could not be acquired")
             self._release(dirty=True)
             return run
@@ -639,9 +633,8 @@ class GradingRun:
                 self.check_crash("verify")
                 self._release(dirty=True)
                 return run
-            main = [("verify", self.p_verify), ("upload", self.p_upload),
-                    ("build", self.p_build), ("trace_start", self.p_trace_start),
-                    ("load", self.p_load), ("run", self.p_run)]
+            # acquire is done; the others up to the first cleanup phase run one after the other
+            main = [(p.name, self.steps[p.name]) for p in PHASES[1:] if not p.cleanup]
             stopped_at = None
             for name, fn in main:
                 if name == "run":
@@ -664,10 +657,10 @@ class GradingRun:
                 for n, _ in main[idx + 1:]:
                     run.phase(n).detail = f"not run: {stopped_at} did not succeed"
             # collect and unload whenever something ran in the kernel and the VM is alive
-            need_collect = run.phase_status("trace_start") != "skipped"
-            for name, fn, needed in (("collect", self.p_collect, need_collect),
-                                     ("unload", self.p_unload, loaded)):
-                if not needed:
+            needed = {"collect": run.phase_status("trace_start") != "skipped", "unload": loaded}
+            for name in (p.name for p in PHASES if p.cleanup and p.name in self.steps):
+                fn = self.steps[name]
+                if not needed[name]:
                     run.phase(name).detail = "nothing to do"
                     continue
                 if not self.alive():
@@ -720,7 +713,7 @@ class GradingRun:
         return out
 
 
-def grade(lab: LabSpec, vm, submission_dir: str | Path, outdir: str | Path, **kw) -> Outcome:
+def grade(lab: LabSpec, vm: LabVM, submission_dir: str | Path, outdir: str | Path, **kw) -> GradedRun:
     """Grade one submission: run the phases, run the checks, write artifacts and result.json."""
     g = GradingRun(lab, vm, submission_dir, outdir, **kw)
     g.execute()
@@ -728,4 +721,4 @@ def grade(lab: LabSpec, vm, submission_dir: str | Path, outdir: str | Path, **kw
     artifacts = g.write_artifacts()
     result = build_result(g.run, checks, artifacts, max_score=lab.max_score)
     write_result(result, g.outdir)
-    return Outcome(g.run, checks, result, g.outdir)
+    return GradedRun(g.run, checks, result, g.outdir)

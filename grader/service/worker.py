@@ -19,6 +19,10 @@ import time
 import traceback
 from pathlib import Path
 
+from grader.engine.phases import RunOutcome
+from grader.engine.vmcontract import infrastructure_fault
+from grader.errors import InfrastructureFailure, StoreDamaged
+
 from . import jobs
 from .models import Job, db
 from .store import Store
@@ -26,23 +30,11 @@ from .store import Store
 log = logging.getLogger("grader.worker")
 
 
-class InfrastructureFailure(Exception):
-    """Grading could not happen for reasons that are not the student's (the message says which)."""
-
-
-def infrastructure_failure(result: dict) -> str | None:
-    """acquire and verify run before any student code: their failure is the grader's problem."""
-    for p in result.get("phases", []):
-        if p["name"] in ("acquire", "verify") and p["status"] not in ("ok",):
-            return f"phase {p['name']} {p['status']}: {p.get('detail') or 'no detail'}"
-    return None
-
-
 def vm_fault(vm) -> str | None:
     """The VM's own report of a failure that is not the submission's (e.g. QEMU killed from outside
     while grading): whatever the engine concluded, such a run is retried, never scored."""
     try:
-        return (getattr(vm, "infrastructure_fault", None) or (lambda: None))()
+        return infrastructure_fault(vm)
     except Exception as e:  # noqa: BLE001
         return f"the VM's state could not be read: {e}"
 
@@ -114,8 +106,8 @@ class Worker:
             subdir = tmp / "submission"
             subdir.mkdir()
             if not self.store.verify_submission(storage_key, files):
-                raise InfrastructureFailure(f"the stored files of submission {sub.id} do not match their "
-                                            "receipt (store damaged); not graded")
+                raise StoreDamaged(f"the stored files of submission {sub.id} do not match their "
+                                   "receipt (store damaged); not graded")
             for name in files:
                 shutil.copyfile(self.store.submission_dir(storage_key) / name, subdir / name)
             outdir = tmp / "out"
@@ -123,7 +115,7 @@ class Worker:
             with self.pool.lease(job_id, shape=lab.vm_shape) as slot:
                 hb.phase = f"grading on {slot.name}"
                 result = self.runner(lab, slot.vm, subdir, outdir)
-                why = vm_fault(slot.vm) or infrastructure_failure(result)
+                why = vm_fault(slot.vm) or RunOutcome.of_result(result).grader_failure
                 if why:
                     self.pool.replace(slot, why)
                     raise InfrastructureFailure(f"{slot.name}: {why}")
@@ -139,7 +131,7 @@ class Worker:
             hb.stop()
             detail = str(e) if isinstance(e, InfrastructureFailure) else \
                 f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
-            retry = not isinstance(e, InfrastructureFailure) or "store damaged" not in str(e)
+            retry = not isinstance(e, StoreDamaged)
             db.session.rollback()
             state = jobs.fail(job_id, token, detail, retry=retry, max_attempts=int(cfg["MAX_ATTEMPTS"]))
             log.warning("job %s: could not grade (%s); now %s", job_id, detail.splitlines()[0], state)

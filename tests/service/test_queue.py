@@ -111,6 +111,23 @@ def test_infrastructure_failure_retries_then_fails_visibly(app, submit, browser)
     assert "Grading failures" in dash and "QEMU could not start" in dash
 
 
+def test_a_damaged_store_fails_the_job_at_once(app, submit):
+    """Stored files that no longer match their receipt: no attempt can do better, so the job fails on
+    the first one, says why, and nothing is graded."""
+    from grader.service.models import Job, Submission, db
+    from grader.service.store import Store
+
+    sub, jid = submit()
+    calls = []
+    with app.app_context():
+        s = db.session.get(Submission, sub)
+        (Store(app.config["STORE_DIR"]).submission_dir(s.storage_key) / "sender.c").write_bytes(b"damaged")
+    make_worker(app, replay_runner(calls=calls)).drain(timeout=30)
+    assert job_state(app, jid) == ("failed", 1)
+    assert calls == [] and results_of(app, sub) == []
+    with app.app_context():
+        assert "store damaged" in db.session.get(Job, jid).error
+
 def test_worker_restart_requeues_its_orphans(app, submit):
     from grader.service import jobs
 

@@ -1,6 +1,7 @@
 """Realistic run data for engine tests (numbers from the measured run in lab-vm-facts.md)."""
 
 from grader.engine.model import PhaseRecord, RunData
+from grader.engine.phases import PHASE_NAMES
 from grader.engine.profile import load_profile
 
 MSG = "HELLO_SEND_TRACE"
@@ -71,8 +72,7 @@ def receiver_out(msg=MSG, buf=RBUF, port=PORT, n=None):
 def good_run(**over) -> RunData:
     run = RunData(lab_id="lab1", runid="t1", message=MSG, port=PORT,
                   profile=load_profile("6.1.0-50-amd64"))
-    for name in ("acquire", "verify", "upload", "build", "trace_start", "load", "run",
-                 "collect", "unload", "release"):
+    for name in PHASE_NAMES:
         run.phases[name] = PhaseRecord(name, "ok", 0.1)
     run.build_exit = 0
     run.build_log = "cc -o sender sender.c\n"

@@ -11,6 +11,7 @@ import pytest
 
 from faults import submissions as subs
 from faults.report import Figure, markdown, ratio, replace_between, zero
+from grader.engine.phases import PHASE_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 KDIR = Path(os.environ.get("COPYLAB_KDIR", "/usr/src/linux-headers-6.1.0-50-amd64"))
@@ -34,9 +35,7 @@ def test_fault_submission_builds(fault, tmp_path):
 
 
 def _result(score=100, verdict=None, **status):
-    phases = [{"name": n, "status": status.get(n, "ok"), "detail": ""}
-              for n in ("acquire", "verify", "upload", "build", "trace_start", "load", "run", "collect",
-                        "unload", "release")]
+    phases = [{"name": n, "status": status.get(n, "ok"), "detail": ""} for n in PHASE_NAMES]
     return {"score": score, "max_score": 100, "verdict": verdict, "phases": phases}
 
 

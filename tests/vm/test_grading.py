@@ -67,6 +67,7 @@ def test_solution_full_marks(lab, lab_vm, tmp_path):
     for p in result["phases"]:
         assert p["status"] == "ok", p
         assert p["duration_s"] >= 0
+    assert result["outcome"] == {"kind": "graded", "phase": None, "reason": None}
     for name in ("build.log", "kmsg.txt", "sender.out", "receiver.out", "trace.txt"):
         assert name in result["artifacts"]
     trace = (tmp_path / "solution-out" / "trace.txt").read_text()
