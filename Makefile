@@ -50,9 +50,13 @@ qemu-account:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+# The project itself is installed editable (pyproject.toml), from what requirements.txt put in the venv
+# (setuptools, wheel: no build isolation, no download). Its editable finder knows the top-level
+# packages of the moment it was installed, so a new package (its __init__.py) installs it again.
+$(VENV)/.installed: requirements.txt pyproject.toml $(wildcard */__init__.py)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	@touch $@
 
 image: deps

@@ -131,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
                          "else latest.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    sys.path.insert(0, str(REPO))
     only = set(args.only.split(","))
     if args.report_only:
         md = markdown(json.loads((RESULTS / "latest.json").read_text()))

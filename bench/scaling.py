@@ -49,10 +49,7 @@ def replay_runner(phases: dict[str, float], scale: float):
 
 
 def _recorded_result(lab) -> dict:
-    import sys
-
-    sys.path.insert(0, str(REPO))
-    from grader.engine.checks import run_checks
+    from grader.engine.checkrun import run_checks
     from grader.engine.result import build_result
     from tests.unit.engine_fixtures import good_run
 

@@ -55,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep the parts not run now from faults/results/latest.json (the report says so)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    sys.path.insert(0, str(REPO))
     from bench.__main__ import machine
     from faults.report import markdown, replace_between
 

@@ -1,7 +1,7 @@
-"""Executors: run commands and move files, locally (inside the VM) or over SSH.
+"""Executors: run commands and move files. ``LocalExecutor`` runs them here (inside the VM, for
+``make check``); :class:`grader.ssh.SSHConnection` is the Executor over SSH and builds on this module.
 
-Stdlib only. ``SSHExecutor`` imports :mod:`grader.ssh` (and so paramiko) lazily, when it is
-instantiated, so that this module can be copied into the lab VM and used there by ``make check``.
+Stdlib only, so that this module can be copied into the lab VM and used there by ``make check``.
 """
 
 from __future__ import annotations
@@ -165,8 +165,3 @@ def _killpg(pid: int) -> None:
             return
         time.sleep(0.2)
 
-
-def SSHExecutor(*args, **kwargs):
-    """An Executor over SSH: a :class:`grader.ssh.SSHConnection` (same arguments)."""
-    from .ssh import SSHConnection  # paramiko is imported only here
-    return SSHConnection(*args, **kwargs)

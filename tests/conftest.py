@@ -7,11 +7,4 @@ fixtures live here only.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.service.servers import chromium_browser, postgres_server, redis_server  # noqa: E402,F401
+from tests.service.servers import chromium_browser, postgres_server, redis_server  # noqa: F401

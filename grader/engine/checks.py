@@ -63,31 +63,6 @@ def check_kind(name: str):
     return deco
 
 
-def run_checks(specs, run: RunData, registry: dict[str, CheckFn] | None = None) -> list[CheckResult]:
-    """Run checks in dependency order; a check whose dependency failed is not run (0 points).
-    Results come back in declaration order."""
-    from .labspec import topo_order
-    reg = registry or REGISTRY
-    done: dict[str, CheckResult] = {}
-    for spec in topo_order(list(specs)):
-        failed_dep = next((d for d in spec.depends if not done[d].passed), None)
-        if failed_dep is not None:
-            done[spec.name] = CheckResult(
-                spec.name, spec.kind, False, 0, spec.points,
-                [missing(f"not run: it depends on {failed_dep!r}, which did not pass")],
-                spec.hint, spec.title, skipped_because=failed_dep, part=spec.part)
-            continue
-        try:
-            passed, evid = reg[spec.kind](run, dict(spec.options))
-        except Exception as e:  # a bug in a check must not lose the whole result
-            passed, evid = False, [bad(f"internal error in check {spec.kind}: "
-                                       f"{type(e).__name__}: {e}")]
-        done[spec.name] = CheckResult(spec.name, spec.kind, bool(passed),
-                                      spec.points if passed else 0, spec.points, list(evid),
-                                      spec.hint, spec.title, part=spec.part)
-    return [done[s.name] for s in specs]
-
-
 def hx(v: int | None) -> str:
     return "?" if v is None else f"0x{v:x}"
 
@@ -828,6 +803,3 @@ def check_answer_pagemap(run: RunData, opts: dict):
                         f"{hx(want)}"))
     return ok, evid
 
-
-# check kinds that rest on the hypervisor's witness, registered by their module's import
-from . import witnesschecks  # noqa: E402,F401

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LabSpecError
+from .checkrun import REGISTRY, topo_order
 from .phases import DEFAULT_TIMEOUTS, PHASE_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -160,7 +161,6 @@ def load_lab(lab: str | Path, labs_dir: str | Path | None = None,
 def parse_lab(data: dict, lab_dir: str | Path, kinds: set[str] | None = None,
               where: str = "lab.toml") -> LabSpec:
     if kinds is None:
-        from .checks import REGISTRY
         kinds = set(REGISTRY)
     lab = _get(data, "lab", dict, where)
     sub = _get(data, "submission", dict, where)
@@ -277,27 +277,3 @@ def _parse_checks(items: list, kinds: set[str], where: str) -> list[CheckSpec]:
                                    f"questions check {d!r}")
     topo_order(checks, where)
     return checks
-
-
-def topo_order(checks: list[CheckSpec], where: str = "lab.toml") -> list[CheckSpec]:
-    """Checks in an order where dependencies come first (declaration order otherwise kept)."""
-    by_name = {c.name: c for c in checks}
-    state: dict[str, int] = {}
-    out: list[CheckSpec] = []
-
-    def visit(c: CheckSpec, path: list[str]):
-        s = state.get(c.name)
-        if s == 2:
-            return
-        if s == 1:
-            cyc = path[path.index(c.name):] + [c.name]
-            raise LabSpecError(f"{where}: dependency cycle: {' -> '.join(cyc)}")
-        state[c.name] = 1
-        for d in c.depends:
-            visit(by_name[d], path + [c.name])
-        state[c.name] = 2
-        out.append(c)
-
-    for c in checks:
-        visit(c, [])
-    return out

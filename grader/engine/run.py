@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import GraderError
-from .checks import CheckResult, run_checks
+from .checkrun import run_checks
+from .checks import CheckResult
 from .evidence import parse_taint
 from .hostevidence import HostEvidenceUnavailable, failed, unavailable
 from .labspec import LabSpec

@@ -4,7 +4,7 @@ student's module cannot reach. When the witness did not watch this run (``make c
 student's VM, an inventory host, a grader without gdb), each check judges by the guest's own trace
 instead and its first evidence line says so. Every line names where its numbers came from.
 
-Registered in the check registry on import (grader/engine/checks.py imports this module).
+Registered in the check registry on import (grader/engine/checkrun.py imports this module).
 """
 
 from __future__ import annotations

@@ -175,7 +175,7 @@ def register(app) -> None:
     def add_lab(cohort, lab, deadline, penalty_per_day, penalty_cap, max_submissions, cooldown):
         """Assign labs/LAB to COHORT with its deadline and policies."""
         from .labs import available_labs, lab_spec
-        from .views.instructor import parse_utc
+        from .policy import parse_utc
 
         c = db.session.execute(db.select(Cohort).filter_by(name=cohort)).scalar_one_or_none()
         if c is None:

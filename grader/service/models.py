@@ -11,7 +11,7 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import (Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from werkzeug.security import check_password_hash, generate_password_hash
+from werkzeug.security import generate_password_hash
 
 
 class Base(DeclarativeBase):
@@ -63,9 +63,6 @@ class User(UserMixin, db.Model):
         if self.id is not None:
             db.session.execute(db.update(ApiToken).where(ApiToken.user_id == self.id, ApiToken.revoked_at.is_(None))
                                .values(revoked_at=utcnow(), revoked_reason="the password was changed"))
-
-    def check_password(self, password: str) -> bool:
-        return bool(self.password_hash) and check_password_hash(self.password_hash, password)
 
 
 class Cohort(db.Model):
@@ -146,9 +143,6 @@ class Submission(db.Model):
         """What the submitter can check against what they sent: the archive's sha256 when they sent
         an archive, else the content digest of the files."""
         return self.upload_sha256 or self.sha256
-
-
-JOB_STATES = ("queued", "running", "done", "failed", "superseded")
 
 
 class Batch(db.Model):

@@ -23,6 +23,19 @@ class Lateness:
         return round(score * (1.0 - self.penalty_percent / 100.0), 2)
 
 
+def parse_utc(text: str) -> dt.datetime:
+    text = (text or "").strip().replace(" ", "T")
+    if text.endswith("Z"):
+        text = text[:-1]
+    value = dt.datetime.fromisoformat(text)
+    if value.tzinfo is not None:
+        try:
+            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before the year 1 in UTC
+            raise ValueError(f"{text[:40]!r} is out of range") from None
+    return value
+
+
 def effective_deadline(assignment: Assignment, user_id: int) -> tuple[dt.datetime, bool]:
     ext = db.session.execute(db.select(Extension).filter_by(assignment_id=assignment.id, user_id=user_id)
                              ).scalar_one_or_none()

@@ -94,11 +94,6 @@ class VMPool:
             except Exception as e:  # noqa: BLE001
                 log.warning("VM %s did not shut down cleanly: %s", slot.name, e)
 
-    def status(self) -> list[dict]:
-        return [{"name": s.name, "shape": s.shape, "busy_with": s.busy_with, "jobs": s.jobs, "replaced": s.replaced,
-                 "up": s.vm is not None,
-                 "qemu": s.vm.confinement() if hasattr(s.vm, "confinement") else None} for s in self.slots]
-
     def close(self) -> None:
         self._closed.set()
         for s in self.slots:

@@ -62,10 +62,6 @@ class Store:
     def submission_dir(self, key: str) -> Path:
         return self._inside(key)
 
-    def read_submission(self, key: str, names: list[str]) -> dict[str, bytes]:
-        d = self._inside(key)
-        return {n: (d / n).read_bytes() for n in names}
-
     def verify_submission(self, key: str, per_file: dict[str, str]) -> bool:
         d = self._inside(key)
         return all(hashlib.sha256((d / n).read_bytes()).hexdigest() == h for n, h in per_file.items())

@@ -20,7 +20,6 @@ import queue
 import os
 import pwd
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -66,18 +65,6 @@ class ImageSpec:
     initrd: Path
     cmdline: str
     arch: str = "x86_64"
-
-    @classmethod
-    def from_manifest(cls, manifest_path: Path) -> "ImageSpec":
-        data = json.loads(Path(manifest_path).read_text())
-        base = Path(manifest_path).parent
-        return cls(
-            disk=base / data["disk"],
-            kernel=Path(data["kernel_path"]),
-            initrd=Path(data["initrd_path"]),
-            cmdline=data["cmdline"],
-            arch=data.get("arch", "x86_64"),
-        )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -802,7 +789,3 @@ def _run(cmd: list[str], what: str, timeout: float = 120) -> subprocess.Complete
 
 def scratch_dir(prefix: str = "copylab-vm-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

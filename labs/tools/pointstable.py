@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# run by hand on the instructor's host, with any python3 and without the project installed: the
+# engine is taken from this checkout
 sys.path.insert(0, str(REPO))
 
 from grader.engine.labspec import LabSpec, LabSpecError, load_lab  # noqa: E402

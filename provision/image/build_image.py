@@ -27,10 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from grader.vm.qemu import ImageSpec, QemuVM
 
-from grader.vm.qemu import ImageSpec, QemuVM  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 HERE = Path(__file__).resolve().parent
 # The Debian releases a lab VM can be: per architecture the pinned kernel release (`uname -r`), and

@@ -5,16 +5,9 @@ run (tests/unit/engine_fixtures.py); the tests that show grading works use real 
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.service.helpers import Browser, seed  # noqa: E402
+from tests.service.helpers import Browser, seed
 
 
 @pytest.fixture

@@ -110,7 +110,7 @@ def replay_runner(score_override=None, fail_acquire=False, delay=0.0, calls=None
 
     def run(lab, vm, subdir, outdir):
         from tests.unit.engine_fixtures import good_run
-        from grader.engine.checks import run_checks
+        from grader.engine.checkrun import run_checks
         from grader.engine.result import build_result, write_result
 
         if calls is not None:

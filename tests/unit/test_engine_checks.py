@@ -1,6 +1,6 @@
 from engine_fixtures import KADDR, MSG, RBUF, SBUF, good_run, kmsg_text, receiver_out, trace_text
 
-from grader.engine.checks import REGISTRY, run_checks
+from grader.engine.checkrun import REGISTRY, run_checks
 from grader.engine.labspec import load_lab
 from grader.engine.model import PhaseRecord
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from engine_fixtures import KADDR, MSG, RBUF, SBUF, good_run, kmsg_text
 
-from grader.engine.checks import run_checks
+from grader.engine.checkrun import run_checks
 from grader.engine.journey import Copy, Journey, Place, halves, journey_from_result, render_svg, render_text
 from grader.engine.labspec import load_lab
 from grader.engine.profile import load_profile

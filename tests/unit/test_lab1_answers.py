@@ -14,7 +14,7 @@ import pytest
 import engine_fixtures
 from engine_fixtures import KADDR, RBUF, SBUF, kmsg_text, sender_out, trace_text
 
-from grader.engine.checks import run_checks
+from grader.engine.checkrun import run_checks
 from grader.engine.evidence import ANSWER_MAX_CHARS, answer_number, parse_answers
 from grader.engine.labspec import load_lab
 from grader.engine.result import build_result

@@ -23,7 +23,6 @@ TOOLS = REPO / "labs" / "tools"
 HANDOUT = (LAB / "README.md").read_text(encoding="utf-8")
 ROLES = REPO / "provision" / "roles"
 
-sys.path.insert(0, str(REPO))
 from grader.engine.evidence import parse_copy_records  # noqa: E402
 from grader.engine.labspec import load_lab  # noqa: E402
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from engine_fixtures import MSG, PORT, RBUF, SBUF, good_run, words
 
 from grader.engine import evidence as ev
-from grader.engine.checks import run_checks
+from grader.engine.checkrun import run_checks
 from grader.engine.hostevidence import HostEvidence, Observation
 from grader.engine.labspec import load_lab
 

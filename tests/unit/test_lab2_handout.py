@@ -27,7 +27,6 @@ CONTRACT = [
     "wiretrace: [COPY4] src=<kernel VA> dest=<user VA> len=<payload bytes>",
 ]
 
-sys.path.insert(0, str(REPO))
 from handouts import code_blocks, format_regex, handout_todos, pr_info_formats, run  # noqa: E402
 from handouts import skeleton_todos  # noqa: E402
 from test_lab1_handout import FULL_PATH, sudo_allows, sudo_rules  # noqa: E402

@@ -27,7 +27,7 @@ def test_each_lab_leases_a_vm_of_the_shape_it_asks_for():
         shape = load_lab(lab).vm_shape
         with pool.lease(1, shape=shape) as slot:
             assert slot.vm.shape == shape and slot.shape == shape
-    assert [s["shape"] for s in pool.status()] == ["", "e1000e-pair"]
+    assert [s.shape for s in pool.slots] == ["", "e1000e-pair"]
     with pool.lease(2, shape="e1000e-pair") as slot, pytest.raises(Exception):
         with pool.lease(3, timeout=0.1, shape="e1000e-pair"):
             pass           # the only VM of that shape is busy; the plain one is not handed out instead

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from engine_fixtures import KADDR, MSG, RBUF, SBUF, good_run, trace_text
 
-from grader.engine.checks import REGISTRY, run_checks
+from grader.engine.checkrun import REGISTRY, run_checks
 from grader.engine.hostevidence import unavailable
 from grader.engine.labspec import load_lab
 from grader.engine.profile import load_profile

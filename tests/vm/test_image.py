@@ -3,15 +3,13 @@ idempotent, and refusing a wrong kernel pin or a refused probe with a message th
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "provision" / "image"))
+from provision.image import build_image
 
-import build_image  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_golden_manifest_and_provisioning_logs(golden, golden_manifest):

@@ -6,13 +6,11 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "labs" / "tools"))
+from labs.tools import samplecheck
 
-import samplecheck  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _as_student(admin_ssh, command: str, timeout: float = 600, check: bool = True):

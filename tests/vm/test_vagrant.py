@@ -75,8 +75,7 @@ def kit(tmp_path_factory, progress) -> Path:
 def vagrant_env(tmp_path, local_box, kit, progress):
     from grader.vm.qemu import free_port
 
-    sys.path.insert(0, str(ROOT / "provision" / "image"))
-    import build_image
+    from provision.image import build_image
 
     # the kit's shared folder (virtiofs) asks libvirt for its version even in `vagrant validate`
     ensure_libvirtd(progress)

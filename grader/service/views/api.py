@@ -13,8 +13,7 @@ from ..policy import QuotaExceeded
 from ..store import Store
 from ..submit import accept
 from ..uploads import UploadRejected
-from .common import submission_for
-from .student import form_parts
+from .common import form_parts, submission_for
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 

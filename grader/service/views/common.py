@@ -1,4 +1,4 @@
-"""Access rules shared by every blueprint, and template filters.
+"""Access rules shared by every blueprint, the upload form's file parts, and template filters.
 
 A student reaches only their own submissions, results and artifacts; someone else's object answers
 404 (its existence is not revealed). Instructors reach everything.
@@ -9,11 +9,12 @@ import datetime as dt
 import json
 from functools import wraps
 
-from flask import abort
+from flask import abort, current_app, request
 from flask_login import current_user, login_required
 
 from ..models import Assignment, Submission, User, db
 from ..submit import is_member
+from ..uploads import UploadPart, UploadRejected
 
 
 def instructor_required(fn):
@@ -38,6 +39,20 @@ def assignment_for(user: User, assignment_id: int) -> Assignment:
     if a is None or not (user.is_instructor or is_member(user, a)):
         abort(404)
     return a
+
+
+def form_parts() -> list[UploadPart]:
+    """Every part of the form that is a file; text fields named like files are refused later."""
+    parts = []
+    for field, storage in request.files.items(multi=True):
+        if not storage or (not storage.filename and field != "archive"):
+            continue  # an empty file input
+        cap = int(current_app.config["MAX_CONTENT_LENGTH"]) + 1
+        parts.append(UploadPart(field, storage.filename or "", storage.stream.read(cap)))
+    for field in request.form:
+        if field not in ("csrf_token", "cohort"):
+            raise UploadRejected(f"field {field[:40]!r} must be a file upload, not text")
+    return parts
 
 
 def register_filters(app) -> None:

@@ -2,7 +2,6 @@
 (grading progress, the checks that fail most, the score histogram), regrades, extensions, exports."""
 from __future__ import annotations
 
-import datetime as dt
 import io
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, send_file, url_for
@@ -15,23 +14,11 @@ from ..headers import download_name
 from ..labs import available_labs, lab_spec
 from ..models import Assignment, Cohort, Extension, Job, Membership, User, db
 from ..plots import histogram_svg
+from ..policy import parse_utc
 from ..roster import RosterError, import_roster
 from .common import instructor_required
 
 bp = Blueprint("instructor", __name__, url_prefix="/instructor")
-
-
-def parse_utc(text: str) -> dt.datetime:
-    text = (text or "").strip().replace(" ", "T")
-    if text.endswith("Z"):
-        text = text[:-1]
-    value = dt.datetime.fromisoformat(text)
-    if value.tzinfo is not None:
-        try:
-            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
-        except OverflowError:  # 0001-01-01T00:00+01:00 is before the year 1 in UTC
-            raise ValueError(f"{text[:40]!r} is out of range") from None
-    return value
 
 
 def form_number(name: str, cast, default, low, high):

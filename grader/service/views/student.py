@@ -19,24 +19,10 @@ from ..models import ApiToken, Assignment, Membership, Submission, db, utcnow
 from ..policy import QuotaExceeded, effective_deadline, submit_limits
 from ..store import Store
 from ..submit import accept
-from ..uploads import UploadPart, UploadRejected
-from .common import assignment_for, submission_for
+from ..uploads import UploadRejected
+from .common import assignment_for, form_parts, submission_for
 
 bp = Blueprint("student", __name__)
-
-
-def form_parts() -> list[UploadPart]:
-    """Every part of the form that is a file; text fields named like files are refused later."""
-    parts = []
-    for field, storage in request.files.items(multi=True):
-        if not storage or (not storage.filename and field != "archive"):
-            continue  # an empty file input
-        cap = int(current_app.config["MAX_CONTENT_LENGTH"]) + 1
-        parts.append(UploadPart(field, storage.filename or "", storage.stream.read(cap)))
-    for field in request.form:
-        if field not in ("csrf_token", "cohort"):
-            raise UploadRejected(f"field {field[:40]!r} must be a file upload, not text")
-    return parts
 
 
 @bp.route("/")
