@@ -8,7 +8,7 @@ from engine_fixtures import good_run
 from test_engine_run import FakeVM
 
 from grader.engine.check import LocalVM
-from grader.engine.checks import run_checks
+from grader.engine.checkrun import run_checks
 from grader.engine.labspec import load_lab, parse_lab
 from grader.engine.phases import DEFAULT_TIMEOUTS, PHASE_NAMES, PHASES, Outcome, RunOutcome
 from grader.engine.result import build_result
