@@ -54,7 +54,7 @@ def _recorded_result(lab) -> dict:
     sys.path.insert(0, str(REPO))
     from grader.engine.checks import run_checks
     from grader.engine.result import build_result
-    from tests.unit.engine_fixtures import good_run
+    from support.engine_runs import good_run
 
     r = good_run()
     return build_result(r, run_checks(lab.checks, r), {}, max_score=lab.max_score)

@@ -7,18 +7,13 @@ private instance folder in a temporary sandbox, and is spoken to over HTTP on 12
 generated deterministically from a seed; a few well-formed control uploads are mixed in, so that a
 harness that cannot upload at all does not pass for a service that refuses everything.
 
-The harness half of this module (sandbox, server, HTTP client, page messages, database snapshots) is
-also used by faults/access.py.
+The harness (sandbox, server, HTTP client, page messages, database snapshots) is support/.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import gzip
-import hashlib
-import html
-import http.client
-import http.cookies
 import io
 import json
 import os
@@ -26,396 +21,23 @@ import random
 import re
 import secrets
 import shutil
-import signal
 import struct
-import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
 import time
-import urllib.parse
-import uuid
 import zlib
 from pathlib import Path
 
 from faults.report import ratio, zero
+from support.http import Client, location_path, login, multipart, page_messages, reply_message, session_csrf, urlencoded
+from support.service import (PASSWORDS, ServiceProcesses, add_token, in_process_app, lab_files, new_sandbox, row_changes,
+                             seed, table_rows)
 
 REPO = Path(__file__).resolve().parents[1]
 PART = "uploads"
 LAB_FILES = ("sender.c", "receiver.c", "copytrace.c")
 SERVICE_FILES = re.compile(r"^(config\.py|(grader|queue)\.sqlite3(-wal|-shm|-journal)?)$")
-CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
-FLASH_P_RE = re.compile(r'<p class="flash (\w+)"[^>]*>(.*?)</p>', re.S)
-FLASH_DIV_RE = re.compile(r'<div class="flash (\w+)"[^>]*>(.*?)</div>', re.S)
-ERROR_P_RE = re.compile(r'<p class="error">(.*?)</p>', re.S)
-TAG_RE = re.compile(r"<[^>]+>")
-
-
-# --------------------------------------------------------------------------------------------------
-# Harness: sandbox, in-process app, the real web process, an HTTP client with cookies
-# --------------------------------------------------------------------------------------------------
-
-def repo_on_path() -> None:
-    """Make the repository importable (grader, tests.service.helpers) when run from another folder."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-
-
-def new_sandbox(prefix: str) -> tuple[Path, Path]:
-    """A temporary sandbox holding a private instance folder whose config.py has a random secret key
-    and no per-student cooldown, quota or storage budget: the parts using it send many uploads as one
-    student to measure validation and access (the limits are measured by faults/storage.py)."""
-    sandbox = Path(tempfile.mkdtemp(prefix=prefix))
-    instance = sandbox / "instance"
-    instance.mkdir()
-    (instance / "config.py").write_text(f"SECRET_KEY = {secrets.token_urlsafe(48)!r}\nSUBMIT_COOLDOWN_SECONDS = 0\n"
-                                        "SUBMIT_MAX_PER_ASSIGNMENT = 0\nSTORAGE_BUDGET_BYTES = 0\n")
-    return sandbox, instance
-
-
-@contextlib.contextmanager
-def grader_env(instance: Path):
-    """os.environ with GRADER_INSTANCE_PATH=instance and every other GRADER_* setting of the caller
-    hidden (none may point the app at another database or queue); restored on exit."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith("GRADER_")}
-    for k in saved:
-        del os.environ[k]
-    os.environ["GRADER_INSTANCE_PATH"] = str(instance)
-    try:
-        yield
-    finally:
-        for k in [k for k in os.environ if k.startswith("GRADER_")]:
-            del os.environ[k]
-        os.environ.update(saved)
-
-
-@contextlib.contextmanager
-def in_process_app(instance: Path):
-    """The service's Flask app on `instance` in this process (schema, seeding, checks afterwards)."""
-    repo_on_path()
-    if not (instance / "config.py").is_file():  # create_app would make an empty instance folder
-        raise RuntimeError(f"the instance folder {instance} is gone (removed by another process?)")
-    with grader_env(instance):
-        from grader import create_app
-
-        app = create_app({"TESTING": True})
-    try:
-        yield app
-    finally:
-        from grader.service.models import db
-
-        with app.app_context():
-            db.engine.dispose()
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (grader.vm.qemu.free_port)."""
-    repo_on_path()
-    from grader.vm.qemu import free_port as _free_port
-
-    return _free_port()
-
-
-class Server:
-    """`python -m flask --app grader serve` on 127.0.0.1:<free port> serving `instance`, its output in
-    <sandbox>/web.log. Use as a context manager: the process group is stopped on exit, errors or not."""
-
-    def __init__(self, sandbox: Path, instance: Path, threads: int = 8):
-        self.sandbox, self.instance, self.threads = sandbox, instance, threads
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
-        self.log = sandbox / "web.log"
-
-    def __enter__(self) -> "Server":
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GRADER_")}
-        env["GRADER_INSTANCE_PATH"] = str(self.instance)
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "flask", "--app", "grader", "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--threads", str(self.threads)],
-                cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        try:
-            self._wait_up()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _wait_up(self, timeout: float = 60) -> None:
-        """Wait until this process serves the port (its log says so: another process that took the port
-        first must not be mistaken for it) and the login page answers; raise with the log's tail if the
-        process exits or stays silent."""
-        deadline = time.monotonic() + timeout
-        serving = f"Serving on http://127.0.0.1:{self.port}"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the web process exited ({self.proc.returncode}): {self.log_tail()}")
-            if serving not in self.log_tail(100_000):
-                time.sleep(0.2)
-                continue
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                c.request("GET", "/login")
-                c.getresponse().read()
-                c.close()
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"the web process did not answer in {timeout:.0f}s: {self.log_tail()}")
-
-    def stop(self) -> None:
-        """SIGTERM to the server's process group, SIGKILL when it has not exited after 20 s."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def log_tail(self, n: int = 1500) -> str:
-        """The last `n` characters of the server's output."""
-        try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def exceptions(self, limit: int = 5) -> list[str]:
-        """The last line of each traceback the web process logged (its 500s), the first `limit`."""
-        try:
-            return tracebacks(self.log.read_text(errors="replace"), limit)
-        except OSError:
-            return []
-
-
-def tracebacks(log: str, limit: int = 5) -> list[str]:
-    """The last line of each traceback in a web process's output, the first `limit`."""
-    out = []
-    for block in log.split("Traceback (most recent call last):")[1:]:
-        lines = [ln for ln in block.splitlines() if ln and not ln.startswith((" ", "\t"))]
-        if lines:
-            out.append(lines[0][:300])
-    return out[:limit]
-
-
-@dataclasses.dataclass
-class Reply:
-    """An HTTP answer."""
-    status: int                 # -1: the connection dropped without an answer
-    headers: dict[str, str]     # lower-case names
-    body: bytes
-    error: str = ""
-
-    def json(self) -> dict | None:
-        """The body as a JSON object, or None."""
-        try:
-            v = json.loads(self.body)
-            return v if isinstance(v, dict) else None
-        except ValueError:
-            return None
-
-    def text(self) -> str:
-        """The body as text."""
-        return self.body.decode("utf-8", "replace")
-
-
-class Client:
-    """One caller on 127.0.0.1:port: a keep-alive HTTP/1.1 connection (HTTPS with ``tls``) and its own
-    cookies. `source` binds the connection to another loopback address (127.0.0.2, ...), a client the
-    server tells apart."""
-
-    def __init__(self, port: int, timeout: float = 60, tls=None, source: str | None = None):
-        self.port, self.timeout, self.tls, self.source = port, timeout, tls, source
-        self.conn: http.client.HTTPConnection | None = None
-        self.cookies: dict[str, str] = {}
-        self.requests = 0
-
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict | None = None, keep_cookies: bool = True) -> Reply:
-        """Send one request; a dropped connection answers Reply(-1, ...) and the next call reconnects.
-        With keep_cookies=False the cookies the server sets are ignored (the caller's session stays as
-        it was, whatever the request did to it)."""
-        hdrs = dict(headers or {})
-        if self.cookies:
-            hdrs["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        self.requests += 1
-        try:
-            if self.conn is None:
-                src = (self.source, 0) if self.source else None
-                self.conn = (http.client.HTTPSConnection("127.0.0.1", self.port, timeout=self.timeout,
-                                                         context=self.tls, source_address=src) if self.tls
-                             else http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout,
-                                                             source_address=src))
-            self.conn.request(method, path, body=body, headers=hdrs)
-            r = self.conn.getresponse()
-            data = r.read()
-            headers_out = {k.lower(): v for k, v in r.getheaders()}
-            if keep_cookies:
-                self._keep_cookies(r.msg.get_all("Set-Cookie") or [])
-            if r.will_close:
-                self.close()
-            return Reply(r.status, headers_out, data)
-        except (OSError, http.client.HTTPException) as e:
-            self.close()
-            return Reply(-1, {}, b"", f"{type(e).__name__}: {e}")
-
-    def get(self, path: str, headers: dict | None = None) -> Reply:
-        """GET `path`."""
-        return self.request("GET", path, headers=headers)
-
-    def close(self) -> None:
-        """Close the connection (the next request opens a new one)."""
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-    def _keep_cookies(self, set_cookies: list[str]) -> None:
-        """Store (or drop, when expired) the cookies of Set-Cookie headers."""
-        for raw in set_cookies:
-            jar = http.cookies.SimpleCookie()
-            try:
-                jar.load(raw)
-            except http.cookies.CookieError:
-                continue
-            for name, morsel in jar.items():
-                expired = morsel["expires"] and "1970" in morsel["expires"] or morsel["max-age"] == "0"
-                if expired or not morsel.value:
-                    self.cookies.pop(name, None)
-                else:
-                    self.cookies[name] = morsel.value
-
-
-def csrf_of(page: str) -> str:
-    """The CSRF token of a form page ("" when the page has none)."""
-    m = CSRF_RE.search(page)
-    return m.group(1) if m else ""
-
-
-def login(client: Client, username: str, password: str) -> Reply:
-    """Log `client` in through the login form (GET for the CSRF token, then POST)."""
-    token = csrf_of(client.get("/login").text())
-    body, ctype = urlencoded([("csrf_token", token), ("username", username), ("password", password)])
-    return client.request("POST", "/login", body, {"Content-Type": ctype})
-
-
-def session_csrf(client: Client) -> str:
-    """A CSRF token valid for `client`'s session (from the login page, or the tokens page once logged in)."""
-    page = client.get("/tokens")
-    if page.status != 200:
-        page = client.get("/login")
-    return csrf_of(page.text())
-
-
-def multipart(parts: list[tuple]) -> tuple[bytes, str]:
-    """A multipart/form-data body. A part is (name, filename or None for a text field, data); names and
-    file names may be bytes, written as they are (bad encodings included)."""
-    boundary = uuid.uuid4().hex
-    out = []
-    for name, filename, data in parts:
-        name_b = name if isinstance(name, bytes) else name.encode()
-        disp = b'Content-Disposition: form-data; name="' + name_b + b'"'
-        if filename is not None:
-            fn = filename if isinstance(filename, bytes) else filename.encode()
-            disp += b'; filename="' + fn + b'"\r\nContent-Type: application/octet-stream'
-        value = data if isinstance(data, bytes) else str(data).encode()
-        out.append(b"--" + boundary.encode() + b"\r\n" + disp + b"\r\n\r\n" + value + b"\r\n")
-    out.append(f"--{boundary}--\r\n".encode())
-    return b"".join(out), f"multipart/form-data; boundary={boundary}"
-
-
-def urlencoded(fields: list[tuple]) -> tuple[bytes, str]:
-    """An application/x-www-form-urlencoded body from (name, value) pairs (str or bytes)."""
-    return urllib.parse.urlencode(fields).encode(), "application/x-www-form-urlencoded"
-
-
-def _clean(fragment: str) -> str:
-    """The text of an HTML fragment, tags dropped, entities decoded, spaces collapsed."""
-    return " ".join(html.unescape(TAG_RE.sub(" ", fragment)).split())
-
-
-def page_messages(page: str) -> tuple[list[str], list[str]]:
-    """(error messages, other flash messages) shown on an HTML page: error flashes, the roster's error
-    list and the error page's paragraph; then the page's other flashes."""
-    errors, others = [], []
-    for kind, text in FLASH_P_RE.findall(page) + FLASH_DIV_RE.findall(page):
-        (errors if kind == "error" else others).append(_clean(text))
-    errors += [_clean(t) for t in ERROR_P_RE.findall(page)]
-    return errors, others
-
-
-def reply_message(r: Reply) -> str:
-    """What a reply says went wrong: the JSON `error`, else the error messages of the HTML page."""
-    j = r.json()
-    if j is not None:
-        return str(j.get("error") or "")
-    return " | ".join(page_messages(r.text())[0])
-
-
-def location_path(r: Reply) -> str:
-    """The path (and query) of a redirect's Location, or "" (only same-host paths are followed)."""
-    loc = r.headers.get("location", "")
-    parts = urllib.parse.urlsplit(loc)
-    if parts.netloc and parts.netloc.split(":")[0] not in ("127.0.0.1", "localhost"):
-        return ""
-    return (parts.path or "") + (f"?{parts.query}" if parts.query else "")
-
-
-def table_rows(app, skip_columns: dict[str, set[str]] | None = None) -> dict[str, dict]:
-    """Every row of every table of the service's database: {table: {primary key: row digest}}, without
-    the columns named in `skip_columns` (bookkeeping such as a token's last use)."""
-    from grader.service.models import db
-
-    skip_columns = skip_columns or {}
-    out: dict[str, dict] = {}
-    with app.app_context():
-        for table in db.metadata.sorted_tables:
-            cols = [c for c in table.columns if c.name not in skip_columns.get(table.name, set())]
-            pk = [c for c in table.primary_key.columns] or cols
-            rows = db.session.execute(db.select(*cols)).all()
-            index = [cols.index(c) for c in pk if c in cols]
-            out[table.name] = {tuple(row[i] for i in index): hashlib.sha256(repr(tuple(row)).encode()).hexdigest()
-                               for row in rows}
-        db.session.rollback()
-    return out
-
-
-def row_changes(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict[str, int]]:
-    """Per table: rows added, removed and changed between two table_rows() snapshots (tables with none
-    left out)."""
-    out = {}
-    for table in sorted(set(before) | set(after)):
-        b, a = before.get(table, {}), after.get(table, {})
-        added, removed = len(a.keys() - b.keys()), len(b.keys() - a.keys())
-        changed = sum(1 for k in a.keys() & b.keys() if a[k] != b[k])
-        if added or removed or changed:
-            out[table] = {"added": added, "removed": removed, "changed": changed}
-    return out
-
-
-def add_token(app, user_id: int, *, revoked: bool = False, expired: bool = False, name: str = "faults") -> str:
-    """An API token for `user_id` (optionally revoked or expired); returns the token."""
-    import datetime as dt
-
-    from grader.service.models import ApiToken, db, utcnow
-
-    tok = "cl_" + secrets.token_urlsafe(32)  # as the tokens page makes them: the prefixes differ
-    with app.app_context():
-        t = ApiToken(user_id=user_id, name=name, token_hash=ApiToken.hash(tok), prefix=tok[:10])
-        if revoked:
-            t.revoked_at = utcnow()
-        if expired:
-            t.expires_at = utcnow() - dt.timedelta(hours=1)
-        db.session.add(t)
-        db.session.commit()
-    return tok
 
 
 # --------------------------------------------------------------------------------------------------
@@ -574,11 +196,6 @@ class Case:
     auth: str | bytes | None = "token"    # API: "token" (alice's), None (no header) or a literal header
     csrf: str = "valid"                   # web forms: valid, missing, forged, foreign (another session's)
     path: str | None = None               # URL other than the channel's
-
-
-def lab_files() -> dict[str, bytes]:
-    """The lab's reference solution, the content of every well-formed upload."""
-    return {n: (REPO / "labs" / "lab1" / "solution" / n).read_bytes() for n in LAB_FILES}
 
 
 class Gen:
@@ -1218,8 +835,6 @@ class Callers:
     WEB_PATHS = {"password": "/account/password", "cohort": "/instructor/cohorts", "login": "/login"}
 
     def __init__(self, port: int, ids: dict):
-        from tests.service.helpers import PASSWORDS
-
         self.ids = ids
         self.api = Client(port)
         self.alice, self.teacher, self.anon = Client(port), Client(port), Client(port)
@@ -1393,7 +1008,7 @@ def outside_files(sandbox: Path, instance: Path, before: set[str]) -> list[str]:
     out = []
     for rel in sorted(file_listing(sandbox) - before):
         parts = Path(rel).parts
-        if rel == "web.log" or parts == ("instance",):
+        if re.fullmatch(r"web\d+\.log", rel) or parts == ("instance",):
             continue
         if parts[0] == "instance" and len(parts) > 1:
             if parts[1] == "store" or (len(parts) == 2 and SERVICE_FILES.match(parts[1])):
@@ -1435,8 +1050,6 @@ def store_check(app, control_receipts: set[int]) -> dict:
 def seed_instance(app) -> tuple[dict, dict]:
     """Seed like the service tests (teacher, alice and bob in c1 with lab1) plus a cohort without
     assignments (the target of the lab-settings forms); API tokens for alice: valid, revoked, expired."""
-    from tests.service.helpers import seed
-
     from grader.service.models import Cohort, db
 
     ids = seed(app, deadline_days=30)
@@ -1485,7 +1098,6 @@ def brief(items: list[dict], n: int = 3) -> str:
 def measure(n: int = 2000, progress=print, seed: int = 20240601, workers: int = 3) -> dict:
     """Generate `n` hostile upload and form cases, send them to a real web process over 127.0.0.1, and
     count server errors, escapes, refusals with a clear message and anything hostile stored."""
-    repo_on_path()
     t0 = time.monotonic()
     run_id = secrets.token_hex(4)
     sandbox, instance = new_sandbox("copylab-faults-uploads-")
@@ -1503,7 +1115,7 @@ def measure(n: int = 2000, progress=print, seed: int = 20240601, workers: int = 
         def make(i: int) -> Case:
             return make_case(i, n, seed, run_id, bombs, tokens, good)
         listing_before = file_listing(sandbox)
-        with Server(sandbox, instance) as server:
+        with ServiceProcesses(instance, progress=progress, logs=sandbox) as server:
             progress(f"uploads: {n} cases against the web process on 127.0.0.1:{server.port}")
             cases, results, requests = run_cases(n, make, server.port, ids, tokens, workers, progress)
         exceptions = server.exceptions()

@@ -1,7 +1,7 @@
 """Service tier: the Flask app on a temporary instance folder (SQLite), with its real migrations.
 
 Unit tests of the service replace the lab VM by a stand-in runner that replays a recorded engine
-run (tests/unit/engine_fixtures.py); the tests that show grading works use real VMs (tests/vm/).
+run (support/engine_runs.py); the tests that show grading works use real VMs (tests/vm/).
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.service.helpers import Browser, seed  # noqa: E402
+from support.app import Browser  # noqa: E402
+from support.service import seed  # noqa: E402
 
 
 @pytest.fixture
