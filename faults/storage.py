@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from faults.report import Figure, ratio, zero
-from faults.uploads import M, tar_bytes
+from faults.upload_archives import M, tar_bytes
 from support.http import Client, multipart
 from support.service import ServiceProcesses, add_token, in_process_app
 
