@@ -7,14 +7,13 @@ latest.md, and replaces the figures between the bench markers in README.md.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
-import os
-import platform
 import sys
 import time
 from pathlib import Path
+
+from support.report import machine, replace_between
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -23,13 +22,6 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 def say(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def machine() -> dict:
-    kvm = os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
-    return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
-            "machine": platform.machine(), "kernel": platform.release(), "python": platform.python_version(),
-            "kvm_device": kvm}
 
 
 def rows_for(r: dict) -> list[tuple[str, str, str, bool | None]]:
@@ -111,8 +103,6 @@ def markdown(r: dict) -> str:
 
 
 def update_readme(md: str) -> None:
-    from faults.report import replace_between
-
     replace_between(REPO / "README.md", BEGIN, END, md)
 
 

@@ -7,30 +7,15 @@ import http.client
 import json
 import os
 import secrets
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from grader.vm.qemu import free_port
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def multipart(files: dict[str, bytes]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    out = []
-    for name, data in files.items():
-        out.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\n"
-                   f"Content-Type: text/plain\r\n\r\n".encode() + data + b"\r\n")
-    out.append(f"--{boundary}--\r\n".encode())
-    return b"".join(out), f"multipart/form-data; boundary={boundary}"
+from support.http import multipart
+from support.service import ServiceProcesses, in_process_app, lab_files, seed
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -39,53 +24,14 @@ def percentile(values: list[float], q: float) -> float:
     return s[k]
 
 
-def setup_instance(instance: Path, students: int) -> list[str]:
-    """A cohort of `students` with lab1 and one API token each (no passwords: tokens only)."""
-    os.environ["GRADER_INSTANCE_PATH"] = str(instance)
-    from flask_migrate import upgrade
-
-    from grader import create_app
-    from grader.service.models import ApiToken, Assignment, Cohort, Membership, User, db
-
-    app = create_app({"SECRET_KEY": secrets.token_urlsafe(48)})
-    tokens = []
-    with app.app_context():
-        upgrade()
-        c = Cohort(name="burst")
-        db.session.add(c)
-        db.session.flush()
-        import datetime as dt
-
-        db.session.add(Assignment(cohort_id=c.id, lab="lab1", title="lab1",
-                                  deadline=dt.datetime(2099, 1, 1)))
-        for i in range(students):
-            u = User(username=f"b{i:05d}", name=f"B {i}", role="student", student_number=f"B{i:05d}")
-            db.session.add(u)
-            db.session.flush()
-            db.session.add(Membership(cohort_id=c.id, user_id=u.id))
-            tok = f"cl_burst_{i}_{secrets.token_hex(8)}"
-            db.session.add(ApiToken(user_id=u.id, name="burst", token_hash=ApiToken.hash(tok), prefix=tok[:10]))
-            tokens.append(tok)
-        db.session.commit()
-        db.engine.dispose()
-    return tokens
-
-
 def measure(n: int = 1000, window: float = 60.0, clients: int = 32, threads: int = 8, progress=print) -> dict:
-    files = {name: (REPO / "labs" / "lab1" / "solution" / name).read_bytes()
-             for name in ("sender.c", "receiver.c", "copytrace.c")}
-    body, ctype = multipart(files)
+    body, ctype = multipart([(name, name, data) for name, data in lab_files().items()])
     with tempfile.TemporaryDirectory(prefix="copylab-burst-") as tmp:
-        instance = Path(tmp) / "instance"
-        tokens = setup_instance(instance, n)
-        port = free_port()
-        env = dict(os.environ, GRADER_INSTANCE_PATH=str(instance),
-                   GRADER_SECRET_KEY=secrets.token_urlsafe(48))
-        web = subprocess.Popen([sys.executable, "-m", "flask", "--app", "grader", "serve", "--port", str(port),
-                                "--threads", str(threads)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=open(Path(tmp) / "web.log", "wb"), start_new_session=True)
-        try:
-            _wait_up(port)
+        web = ServiceProcesses(Path(tmp) / "instance", progress=progress, web_args=("--threads", str(threads)))
+        instance, port = web.instance, web.port
+        with in_process_app(instance) as app:
+            tokens = seed(app, token_students=n)["tokens"]
+        with web:
             progress(f"burst: {n} submissions paced over {window:.0f}s by {clients} clients "
                      f"(waitress, {threads} threads)")
             lat: list[float] = [0.0] * n
@@ -120,9 +66,6 @@ def measure(n: int = 1000, window: float = 60.0, clients: int = 32, threads: int
             with ThreadPoolExecutor(clients) as ex:
                 list(ex.map(one, range(n)))
             elapsed = time.monotonic() - t0
-        finally:
-            os.killpg(web.pid, signal.SIGTERM)
-            web.wait(30)
         verify = _verify(instance, [r for r in receipts if r is not None])
     ok = [lat[i] for i in range(n) if status[i] == 201]
     return {
@@ -136,19 +79,6 @@ def measure(n: int = 1000, window: float = 60.0, clients: int = 32, threads: int
         "client_send_lag_p99_ms": round(1000 * percentile(late_start, 99), 1),
         **verify,
     }
-
-
-def _wait_up(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/login")
-            c.getresponse().read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("the web process did not answer")
 
 
 def _verify(instance: Path, receipt_ids: list[int]) -> dict:

@@ -51,7 +51,7 @@ def replay_runner(phases: dict[str, float], scale: float):
 def _recorded_result(lab) -> dict:
     from grader.engine.checkrun import run_checks
     from grader.engine.result import build_result
-    from tests.unit.engine_fixtures import good_run
+    from support.engine_runs import good_run
 
     r = good_run()
     return build_result(r, run_checks(lab.checks, r), {}, max_score=lab.max_score)

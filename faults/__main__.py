@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep the parts not run now from faults/results/latest.json (the report says so)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from bench.__main__ import machine
-    from faults.report import markdown, replace_between
+    from faults.report import markdown
+    from support.report import machine, replace_between
 
     only = [p for p in PARTS if p in args.only.split(",")]
     unknown = set(args.only.split(",")) - set(PARTS)

@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 from faults.report import Figure, ratio, zero
-from faults.uploads import (Client, Server, add_token, csrf_of, in_process_app, lab_files, location_path, login,
-                            multipart, new_sandbox, repo_on_path, row_changes, session_csrf, table_rows,
-                            urlencoded)
+from support.app import Browser, make_worker, replay_runner
+from support.http import Client, csrf_of, location_path, login, multipart, session_csrf, urlencoded
+from support.service import (PASSWORDS, ServiceProcesses, add_token, in_process_app, lab_files, new_sandbox,
+                             row_changes, seed, table_rows)
 
 PART = "access"
 MISSING = 999999                       # an id no object has
@@ -129,7 +130,6 @@ def build_world(app) -> dict:
     from flask_migrate import upgrade
 
     from grader.service.models import Assignment, Cohort, Membership, User, db
-    from tests.service.helpers import PASSWORDS, Browser, make_worker, replay_runner, seed
 
     with app.app_context():
         upgrade()
@@ -550,14 +550,13 @@ def first(records: list[dict], key: str, limit: int = 10) -> list[dict]:
 def served_world(part: str, progress):
     """The world of `build_world` on a private instance folder in a temporary sandbox, served by the real
     web process: yields (app, world, server, instance); the sandbox is removed afterwards."""
-    repo_on_path()
     t0 = time.monotonic()
     sandbox, instance = new_sandbox(f"copylab-faults-{part}-")
     try:
         with in_process_app(instance) as app:
             world = build_world(app)
             progress(f"{part}: world ready ({time.monotonic() - t0:.1f}s)")
-            with Server(sandbox, instance) as server:
+            with ServiceProcesses(instance, progress=progress, logs=sandbox) as server:
                 yield app, world, server, instance
     finally:
         shutil.rmtree(sandbox, ignore_errors=True)

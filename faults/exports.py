@@ -22,8 +22,9 @@ import urllib.parse
 from pathlib import Path
 
 from faults.report import Figure, ratio, zero
-from faults.uploads import REPO, Client, csrf_of, multipart, urlencoded
+from support.http import Client, csrf_of, multipart, urlencoded
 
+REPO = Path(__file__).resolve().parents[1]
 PART = "exports"
 FORMULA_CHARS = "=+-@"
 # Names a student could give the roster (the roster refuses control characters and strips spaces).

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 from faults.report import zero
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+from support import lab1_submissions as fx
 
-import lab1_submissions as fx  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SUDO_PROBES = [name for name, cmd in fx.ESCALATIONS.items() if "sudo " in cmd or cmd.startswith("su ")]
 

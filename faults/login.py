@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 
 from faults.report import Figure, zero
-from faults.uploads import (Client, Server, csrf_of, in_process_app, login, new_sandbox, repo_on_path, tracebacks,
-                            urlencoded)
+from grader.vm.qemu import free_port
+from support.http import Client, csrf_of, login, urlencoded
+from support.service import LocalNginx, ServiceProcesses, in_process_app, new_sandbox, self_signed_cert, tracebacks
 
 PART = "login"
 JOHN_LIST = Path("/usr/share/john/password.lst")   # Debian package john-data (provision/host-packages.txt)
@@ -302,8 +303,6 @@ def through_nginx(folder: Path, attack_seconds: float, baseline_seconds: float, 
     """The attacks through the documented deployment: nginx (HTTPS, the site file of `nginx-site` with its
     default login limit) in front of `serve` on a Unix socket, on an instance of its own."""
     from faults.slowclients import timed_requests, tls_context
-    from grader.service.harness import LocalNginx, ServiceProcesses, self_signed_cert
-    from grader.vm.qemu import free_port
 
     sock = folder / "run" / "web.sock"
     svc = ServiceProcesses(folder / "instance", None, progress, settings={
@@ -338,14 +337,13 @@ def measure(attack_seconds: float = 60, baseline_seconds: float = 15, timing_pai
     """Both attacks of `attack_seconds` straight to `serve` and through nginx, the timing pairs and the password
     form (`http_common` most common list entries); bounded: about 4 x attack_seconds + 2 x baseline_seconds + two
     minutes."""
-    repo_on_path()
     t0 = time.monotonic()
     sandbox, instance = new_sandbox("copylab-faults-login-")
     try:
         with in_process_app(instance) as app:
             users = setup_users(app, timing_pairs)
             common = common_passwords()
-            with Server(sandbox, instance) as server:
+            with ServiceProcesses(instance, progress=progress, logs=sandbox) as server:
                 direct = attacks(server.port, users, attack_seconds, baseline_seconds, "straight to serve", progress)
                 times = timing(server.port, timing_pairs)
                 form = common_on_form(server.port, "S2100009", users["S2100009"],

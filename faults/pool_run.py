@@ -23,10 +23,10 @@ import threading
 import time
 from pathlib import Path
 
-from bench.burst import multipart
 from faults import submissions as subs
 from faults.report import Figure, ratio, zero
-from grader.service.harness import ServiceProcesses
+from support.http import multipart
+from support.service import ServiceProcesses
 
 FINAL = ("done", "failed", "superseded")
 
@@ -41,7 +41,7 @@ class Clients:
 
     def submit(self, username: str, files: dict[str, str], label: str, deadline_s: float = 180) -> dict:
         token = self.svc.token(username)
-        body, ctype = multipart({n: t.encode() for n, t in files.items()})
+        body, ctype = multipart([(n, n, t.encode()) for n, t in files.items()])
         t0 = time.monotonic()
         while True:
             wait = 1.0

@@ -83,7 +83,7 @@ def measure(golden: Path, progress=print) -> dict:
     from faults import submissions as subs
     from faults.pool_run import Clients, job_rows, reap_qemu, wait_final
     from grader.service.config import Defaults
-    from grader.service.harness import ServiceProcesses
+    from support.service import ServiceProcesses
     from grader.vm.qemu import qemu_account
 
     raw = os.environ.get("GRADER_POOL_QEMU_USER")

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from faults.report import Figure, zero
-from grader.service.harness import LocalNginx, ServiceProcesses, self_signed_cert
+from support.service import LocalNginx, ServiceProcesses, self_signed_cert
 from grader.vm.qemu import free_port
 
 PART = "slowclients"

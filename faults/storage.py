@@ -33,7 +33,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from faults.report import Figure, ratio, zero
-from faults.uploads import M, Client, Server, add_token, in_process_app, multipart, repo_on_path, tar_bytes
+from faults.upload_archives import M, tar_bytes
+from support.http import Client, multipart
+from support.service import ServiceProcesses, add_token, in_process_app
 
 PART = "storage"
 MB = 1_000_000
@@ -206,7 +208,6 @@ def readable_by_nobody(instance: Path) -> list[str] | None:
 def measure(window: float | None = None, cooldown: int | None = None, progress=print) -> dict:
     """``cooldown``: override SUBMIT_COOLDOWN_SECONDS (a fast test); None keeps the default, and the
     rate run then lasts two cooldowns and a bit unless ``window`` says otherwise."""
-    repo_on_path()
     from grader.service.store import Store
 
     t0 = time.monotonic()
@@ -227,7 +228,7 @@ def measure(window: float | None = None, cooldown: int | None = None, progress=p
         window = window or 2 * cfg["SUBMIT_COOLDOWN_SECONDS"] + 8
         good = {n: (Path(__file__).resolve().parents[1] / "labs" / "lab1" / "solution" / n).read_bytes()
                 for n in world["files"]}
-        with Server(sandbox, instance) as server:
+        with ServiceProcesses(instance, progress=progress, logs=sandbox) as server:
             def post(token: str, data: bytes, via: Client | None = None):
                 body, ctype = multipart([("archive", "handin.tar.gz", data)])
                 return (via or client).request("POST", "/api/v1/labs/lab1/submissions", body,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from tests.fixtures import lab1_submissions as fx
+from support import lab1_submissions as fx
 
 COPY4_FILTER_BLOCK = fx.COPY4_FILTER + "\t\treturn 0;\n"
 COPY1_FILTER_BLOCK = fx.COPY1_FILTER + "\t\treturn 0;\n"
@@ -28,52 +28,52 @@ class Fault:
 
 
 def _kernel_include(f: dict[str, str], header: str) -> None:
-    fx._sub(f, "copytrace.c", INCLUDES, INCLUDES + f"#include <{header}>\n")
+    fx.substitute(f, "copytrace.c", INCLUDES, INCLUDES + f"#include <{header}>\n")
 
 
 def k_panic(f):
-    fx._panic(f)
+    fx.oops_in_copy1_handler(f)
 
 
 def k_oops_at_load(f):
-    fx._sub(f, "copytrace.c", fx.INIT_START,
+    fx.substitute(f, "copytrace.c", fx.INIT_START,
             fx.INIT_START + "\n\t{\n\t\tint *volatile null_ptr = NULL;\n\n\t\t*null_ptr = 1;\n\t}\n")
 
 
 def k_deadlock(f):
     _kernel_include(f, "linux/spinlock.h")
-    fx._insert_before(f, "copytrace.c", fx.COPY1_HANDLER, "static DEFINE_SPINLOCK(trap);\n\n")
-    fx._sub(f, "copytrace.c", COPY1_FILTER_BLOCK,
+    fx.insert_before(f, "copytrace.c", fx.COPY1_HANDLER, "static DEFINE_SPINLOCK(trap);\n\n")
+    fx.substitute(f, "copytrace.c", COPY1_FILTER_BLOCK,
             COPY1_FILTER_BLOCK + "\tspin_lock(&trap);\n\tspin_lock(&trap);\t/* never returns */\n")
 
 
 def k_never_unloads(f):
     _kernel_include(f, "linux/delay.h")
-    fx._sub(f, "copytrace.c", EXIT_START, EXIT_START + "\tfor (;;)\n\t\tmsleep(1000);\n")
+    fx.substitute(f, "copytrace.c", EXIT_START, EXIT_START + "\tfor (;;)\n\t\tmsleep(1000);\n")
 
 
 def k_log_flood(f):
-    fx._sub(f, "copytrace.c", fx.INIT_START,
+    fx.substitute(f, "copytrace.c", fx.INIT_START,
             fx.INIT_START + "\tint k;\n\n\tfor (k = 0; k < 100000; k++)\n"
             "\t\tpr_info(\"flood %06d xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\\n\", k);\n")
 
 
 def k_corrupt(f):
-    fx._sub(f, "copytrace.c", COPY4_FILTER_BLOCK,
+    fx.substitute(f, "copytrace.c", COPY4_FILTER_BLOCK,
             COPY4_FILTER_BLOCK + "\tmemset((void *)from, '#', bytes);\t/* overwrites the skb's payload */\n")
 
 
 def u_hang(f):
-    fx._hang_sender(f)
+    fx.hang_sender(f)
 
 
 def u_fork_bomb(f):
-    fx._insert_before(f, "sender.c", fx.SENDTO, "\tfor (;;)\n\t\tfork();\n")
+    fx.insert_before(f, "sender.c", fx.SENDTO, "\tfor (;;)\n\t\tfork();\n")
 
 
 def u_fill_disk(f):
-    fx._sub(f, "sender.c", "#include <netinet/in.h>\n", "#include <netinet/in.h>\n#include <fcntl.h>\n")
-    fx._insert_before(f, "sender.c", fx.SENDTO, """\
+    fx.substitute(f, "sender.c", "#include <netinet/in.h>\n", "#include <netinet/in.h>\n#include <fcntl.h>\n")
+    fx.insert_before(f, "sender.c", fx.SENDTO, """\
 	{
 		int dfd = open("/var/tmp/fill", O_CREAT | O_WRONLY, 0600);
 		off_t off = 0;
@@ -85,7 +85,7 @@ def u_fill_disk(f):
 
 
 def u_print_gigabytes(f):
-    fx._insert_before(f, "sender.c", fx.SENDTO, """\
+    fx.insert_before(f, "sender.c", fx.SENDTO, """\
 	{
 		static char junk[65536];
 
@@ -97,7 +97,7 @@ def u_print_gigabytes(f):
 
 
 def u_exit_early(f):
-    fx._insert_before(f, "receiver.c", fx.RECV, "\texit(3);\n")
+    fx.insert_before(f, "receiver.c", fx.RECV, "\texit(3);\n")
 
 
 FAULTS = [

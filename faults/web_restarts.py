@@ -18,22 +18,22 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.burst import multipart, setup_instance
 from faults.report import Figure, zero
-from grader.service.harness import ServiceProcesses
+from support.http import multipart
+from support.service import ServiceProcesses, in_process_app, lab_files
+from support.service import seed as seed_instance
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def measure(handins: int = 300, clients: int = 12, kills: int = 10, window: float = 60.0, seed: int = 1,
             progress=print) -> dict:
     rng = random.Random(seed)
-    files = {n: (REPO / "labs" / "lab1" / "solution" / n).read_bytes() for n in ("sender.c", "receiver.c",
-                                                                                "copytrace.c")}
+    files = lab_files()
     tmp = Path(tempfile.mkdtemp(prefix="copylab-faults-web-"))
     svc = ServiceProcesses(tmp / "instance", None, progress, settings={"SECRET_KEY": secrets.token_urlsafe(48)})
     try:
-        tokens = setup_instance(svc.instance, handins)
+        with in_process_app(svc.instance) as app:
+            tokens = seed_instance(app, token_students=handins)["tokens"]
         svc.start_web()
         receipts: list[dict | None] = [None] * handins
         attempts = [0] * handins
@@ -58,7 +58,7 @@ def measure(handins: int = 300, clients: int = 12, kills: int = 10, window: floa
             time.sleep(max(0.0, t0 + i * window / handins - time.monotonic()))   # paced over the window
             # each hand-in has its own sent files (the receipt's sha256 must match exactly these)
             mine = dict(files, **{"sender.c": files["sender.c"] + f"/* {i} */\n".encode()})
-            body, ctype = multipart(mine)
+            body, ctype = multipart([(n, n, d) for n, d in mine.items()])
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 attempts[i] += 1

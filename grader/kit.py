@@ -30,6 +30,8 @@ FORMATS = ("dir", "tar", "git")
 TAR_TOP = "copylab-kit"
 TAR_SUFFIXES = (".tar.gz", ".tgz")
 LABS_ENTRY = "labs/*/"  # every labs/<lab>/ holding lab.toml, without its solution folder
+# test support the kit must hold no copy of: the solutions with faults put in, per kind
+FIXTURES = ("support/lab*_submissions.py",)
 
 # Relative to the repository root; an entry ending in "/" is a folder copied recursively.
 KIT_PATHS: tuple[str, ...] = (
@@ -392,11 +394,12 @@ def solution_lines(repo: Path) -> dict[str, str]:
 
 @dataclass
 class _Hidden:
-    """What the kit must not hold: solution lines and tests/fixtures files (by content and name)."""
+    """What the kit must not hold: solution lines and the lab submission variants of support/ (FIXTURES,
+    by content and name)."""
     leaks: dict[str, str]                 # stripped solution line -> its solution file
     matcher: re.Pattern | None            # finds any of leaks inside a line
-    fixture_digests: dict[str, str]       # sha256 -> tests/fixtures/... path
-    fixture_names: dict[str, str]         # file name -> tests/fixtures/... path
+    fixture_digests: dict[str, str]       # sha256 -> support/... path
+    fixture_names: dict[str, str]         # file name -> support/... path
 
     @classmethod
     def of(cls, repo: Path) -> "_Hidden":
@@ -404,7 +407,7 @@ class _Hidden:
         matcher = None
         if leaks:
             matcher = re.compile("|".join(re.escape(line) for line in sorted(leaks, key=len, reverse=True)))
-        fixtures = _files_under(repo / "tests" / "fixtures")
+        fixtures = sorted(p for pattern in FIXTURES for p in repo.glob(pattern))
         return cls(leaks, matcher,
                    {sha256_file(f): f.relative_to(repo).as_posix() for f in fixtures},
                    {f.name: f.relative_to(repo).as_posix() for f in fixtures if f.name != "__init__.py"})
@@ -455,7 +458,7 @@ def _scan_content(rel: str, data: bytes, hidden: _Hidden) -> list[str]:
 
 def scan_kit(kit: Path, repo: Path) -> list[str]:
     """Problems in a built kit folder (empty = clean): solution lines or paths, private keys and
-    key-named files, instance/ and .env, literal secrets, tests/ and copies of tests/fixtures."""
+    key-named files, instance/ and .env, literal secrets, tests/ and copies of the FIXTURES."""
     dirs, files, links = _kit_tree(kit)
     hidden = _Hidden.of(repo)
     problems = _scan_paths(dirs, files, links)

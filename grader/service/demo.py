@@ -6,34 +6,20 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from grader.service.private import make_dir, write_text
-
-REPO = Path(__file__).resolve().parents[2]
-
+from grader.service.processes import REPO, flask_command, run_flask, start_flask, stop_group
+from grader.vm.qemu import free_port
 
 def say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def free_port(preferred: int) -> int:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", preferred))
-            return preferred
-        except OSError:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-
 def flask(env: dict, *args: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "flask", "--app", "grader", *args], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = run_flask(env, *args, timeout=300)
     if r.returncode != 0:
         raise SystemExit(f"demo: `flask --app grader {' '.join(args)}` failed:\n{r.stdout}{r.stderr}")
     return r.stdout
@@ -75,13 +61,12 @@ def main(instance: Path | None = None, port: int | None = None) -> int:
             say(f"{who} submitted the lab 1 {folder}: submission #{sub.id}, receipt {sub.sha256[:16]}...")
 
     log = open(instance / "worker.log", "wb")
-    worker = subprocess.Popen([sys.executable, "-m", "flask", "--app", "grader", "worker"], cwd=REPO, env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = start_flask(env, "worker", log=log)
     say("worker started (log: worker.log); the first job boots the lab VM (1-2 min under TCG), "
         "each grading run takes about 1.5 min under TCG")
     try:
         _wait_graded(app, subs, worker, instance)
-        port = free_port(port or int(os.environ.get("COPYLAB_DEMO_PORT", "8000")))
+        port = free_port(preferred=port or int(os.environ.get("COPYLAB_DEMO_PORT", "8000")))
         url = f"http://127.0.0.1:{port}/"
         print("\n" + "=" * 72)
         print(f"copylab grader demo: {url}")
@@ -92,8 +77,8 @@ def main(instance: Path | None = None, port: int | None = None) -> int:
         print(f"  instance folder (database, store, VM overlay): {instance}")
         print("Ctrl-C stops the web process and the worker.")
         print("=" * 72 + "\n", flush=True)
-        serve = subprocess.Popen([sys.executable, "-m", "flask", "--app", "grader", "serve", "--port", str(port)],
-                                 cwd=REPO, env=env)
+        # in the foreground: its output on the terminal, Ctrl-C reaches it
+        serve = subprocess.Popen(flask_command("serve", "--port", str(port)), cwd=REPO, env=env)
         try:
             return serve.wait()
         except KeyboardInterrupt:
@@ -101,12 +86,7 @@ def main(instance: Path | None = None, port: int | None = None) -> int:
             serve.wait(30)
             return 0
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGINT)
-            try:
-                worker.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+        stop_group(worker, signal.SIGINT, 60)
 
 
 def _wait_graded(app, subs: dict, worker, instance: Path, timeout: float = 1800) -> None:

@@ -67,10 +67,14 @@ class ImageSpec:
     arch: str = "x86_64"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on host (QEMU may still lose a race; start() retries)."""
+def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
+    """A TCP port that is free right now on host: ``preferred`` when it is, else any (the caller may still
+    lose a race: QEMU's start() retries). The one port finder of the product, the tools and the tests."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
+        try:
+            s.bind((host, preferred))
+        except OSError:
+            s.bind((host, 0))
         return s.getsockname()[1]
 
 

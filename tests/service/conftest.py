@@ -1,13 +1,14 @@
 """Service tier: the Flask app on a temporary instance folder (SQLite), with its real migrations.
 
 Unit tests of the service replace the lab VM by a stand-in runner that replays a recorded engine
-run (tests/unit/engine_fixtures.py); the tests that show grading works use real VMs (tests/vm/).
+run (support/engine_runs.py); the tests that show grading works use real VMs (tests/vm/).
 """
 from __future__ import annotations
 
 import pytest
 
-from tests.service.helpers import Browser, seed
+from support.app import Browser
+from support.service import seed
 
 
 @pytest.fixture

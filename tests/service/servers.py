@@ -56,12 +56,13 @@ from urllib.parse import quote
 
 import pytest
 
+from grader.vm.qemu import free_port
+
 __all__ = [
     "ServerError",
     "ServerMissing",
     "PostgresServer",
     "RedisServer",
-    "free_port",
     "running_postgres",
     "running_redis",
     "running_chromium",
@@ -123,13 +124,6 @@ class ServerMissing(ServerError):
 
 
 # --------------------------------------------------------------------------- helpers
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port that is free on ``host`` right now (the caller must still expect a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
 
 def _require(path: str | Path, package: str, manager: str = "apt") -> None:
     """Raise :class:`ServerMissing` naming ``package`` unless ``path`` is an executable."""

@@ -6,7 +6,9 @@ import io
 
 import pytest
 
-from tests.service.helpers import make_worker, replay_runner, solution_files, upload_data
+from support.app import make_worker, replay_runner
+from support.service import lab_files
+from tests.service.helpers import upload_data
 
 
 @pytest.fixture
@@ -16,7 +18,7 @@ def world(app, browser):
 
     alice = browser("alice")
     aid = app.ids["assignment"]
-    r = alice.post(f"/assignments/{aid}/submit", data=upload_data(solution_files()),
+    r = alice.post(f"/assignments/{aid}/submit", data=upload_data(lab_files()),
                    content_type="multipart/form-data")
     sub = int(r.headers["Location"].rsplit("/", 1)[1])
     make_worker(app, replay_runner()).drain(timeout=30)
@@ -87,10 +89,11 @@ def test_api_access_matrix(app, world):
     # a session cookie does not authenticate the API
     alice_web = app.test_client()
     page = alice_web.get("/login").get_data(as_text=True)
-    from tests.service.helpers import PASSWORDS, csrf_of
+    from support.app import page_csrf
+    from support.service import PASSWORDS
 
     alice_web.post("/login", data={"username": "alice", "password": PASSWORDS["alice"],
-                                   "csrf_token": csrf_of(page)})
+                                   "csrf_token": page_csrf(page)})
     assert alice_web.get(f"/api/v1/submissions/{s}").status_code == 401
 
 
@@ -129,7 +132,7 @@ def test_post_routes_need_role_and_csrf(app, browser, world):
         bad_csrf = teacher.c.post(url, data=dict(data(), csrf_token="forged"), content_type="multipart/form-data")
         assert bad_csrf.status_code == 400, url
     # student forms need CSRF too
-    r = alice.c.post(f"/assignments/{a}/submit", data=upload_data(solution_files()),
+    r = alice.c.post(f"/assignments/{a}/submit", data=upload_data(lab_files()),
                      content_type="multipart/form-data")
     assert r.status_code == 400
     r = alice.c.post("/tokens", data={"name": "x"})
@@ -170,12 +173,12 @@ def test_forged_session_and_password_change_end_sessions(app, browser):
 def test_login_errors_and_open_redirect(app, browser):
     b = browser()
     page = b.get("/login").get_data(as_text=True)
-    from tests.service.helpers import csrf_of
+    from support.app import page_csrf
 
-    r = b.c.post("/login", data={"username": "alice", "password": "wrong", "csrf_token": csrf_of(page)})
+    r = b.c.post("/login", data={"username": "alice", "password": "wrong", "csrf_token": page_csrf(page)})
     assert r.status_code == 401 and b"wrong password" in r.data
     r = b.c.post("/login?next=https://evil.example/", data={"username": "alice", "password": "alice-pass-1",
-                                                              "csrf_token": csrf_of(page)})
+                                                              "csrf_token": page_csrf(page)})
     assert r.status_code == 302 and r.headers["Location"] == "/"
 
 

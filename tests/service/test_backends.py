@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from tests.service.helpers import make_worker, replay_runner, seed, solution_files
+from support.app import make_worker, replay_runner
+from support.service import lab_files, seed
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def submit(app, user, kind="live"):
     from grader.service.uploads import UploadPart
 
     with app.test_request_context():
-        parts = [UploadPart(n, n, d) for n, d in solution_files().items()]
+        parts = [UploadPart(n, n, d) for n, d in lab_files().items()]
         sub, job = accept(db.session.get(User, app.ids[user]), db.session.get(Assignment, app.ids["assignment"]),
                           parts, "api", kind=kind)
         return sub.id, job.id

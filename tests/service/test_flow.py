@@ -4,7 +4,9 @@ from __future__ import annotations
 import csv
 import io
 
-from tests.service.helpers import make_worker, replay_runner, solution_files, upload_data
+from support.app import make_worker, replay_runner
+from support.service import lab_files
+from tests.service.helpers import upload_data
 
 
 def test_student_submits_and_sees_result(app, browser):
@@ -12,7 +14,7 @@ def test_student_submits_and_sees_result(app, browser):
     aid = app.ids["assignment"]
     page = alice.get(f"/assignments/{aid}")
     assert page.status_code == 200 and b"sender.c" in page.data
-    r = alice.post(f"/assignments/{aid}/submit", data=upload_data(solution_files()),
+    r = alice.post(f"/assignments/{aid}/submit", data=upload_data(lab_files()),
                    content_type="multipart/form-data")
     assert r.status_code == 303, r.data[:300]
     sub_url = r.headers["Location"]
@@ -43,7 +45,7 @@ def test_the_answers_file_is_graded_apart_and_shown_to_the_instructor(app, brows
     assert b"answers.txt (optional" in alice.get(f"/assignments/{aid}").data
     answers = (ROOT / "labs" / "lab1" / "solution" / "answers.txt").read_bytes()
     r = alice.post(f"/assignments/{aid}/submit",
-                   data=upload_data({**solution_files(), "answers.txt": answers}),
+                   data=upload_data({**lab_files(), "answers.txt": answers}),
                    content_type="multipart/form-data")
     assert r.status_code == 303, r.data[:300]
     sub_url = r.headers["Location"]

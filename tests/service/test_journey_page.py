@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 from grader.service.models import Result, db
-from tests.service.helpers import PASSWORDS
+from support.service import PASSWORDS
 from tests.service.test_headers_exports import graded, served  # noqa: F401  (shared fixtures)
-from tests.unit.engine_fixtures import KADDR, RBUF, SBUF
+from support.engine_runs import KADDR, RBUF, SBUF
 
 
 def open_submission(chromium_browser, served, user, submission_id):  # noqa: F811

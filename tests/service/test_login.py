@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 
-from tests.service.helpers import PASSWORDS, Browser, csrf_of, seed
+from support.app import Browser, page_csrf
+from support.service import PASSWORDS, seed
 
 STRONG = "quiet-harbor-lantern-42"
 
@@ -45,12 +46,12 @@ class Visitor:
     def login(self, username: str, password: str):
         env = {"REMOTE_ADDR": self.addr}
         page = self.c.get("/login", environ_base=env).get_data(as_text=True)
-        return self.c.post("/login", data={"username": username, "password": password, "csrf_token": csrf_of(page)},
+        return self.c.post("/login", data={"username": username, "password": password, "csrf_token": page_csrf(page)},
                            environ_base=env)
 
     def logout(self):
         env = {"REMOTE_ADDR": self.addr}
-        token = csrf_of(self.c.get("/tokens", environ_base=env).get_data(as_text=True))
+        token = page_csrf(self.c.get("/tokens", environ_base=env).get_data(as_text=True))
         assert self.c.post("/logout", data={"csrf_token": token}, environ_base=env).status_code == 302
 
 

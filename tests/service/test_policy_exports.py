@@ -8,7 +8,9 @@ import json
 
 import pytest
 
-from tests.service.helpers import make_worker, replay_runner, solution_files, upload_data
+from support.app import make_worker, replay_runner
+from support.service import lab_files
+from tests.service.helpers import upload_data
 
 
 def set_assignment(app, **values):
@@ -53,7 +55,7 @@ def test_gradebook_applies_and_shows_late_penalty(app, browser, tmp_path):
     alice, bob = browser("alice"), browser("bob")
     aid = app.ids["assignment"]
     for b in (alice, bob):
-        assert b.post(f"/assignments/{aid}/submit", data=upload_data(solution_files()),
+        assert b.post(f"/assignments/{aid}/submit", data=upload_data(lab_files()),
                       content_type="multipart/form-data").status_code == 303
     make_worker(app, replay_runner()).drain(timeout=30)
     backdate_submissions(app, "bob", dt.timedelta(days=8, hours=12))  # 1.5 days late: 2 started days
@@ -85,7 +87,7 @@ def test_quota_and_cooldown(app):
     c = app.test_client()
 
     def post():
-        return c.post("/api/v1/labs/lab1/submissions", data=upload_data(solution_files()),
+        return c.post("/api/v1/labs/lab1/submissions", data=upload_data(lab_files()),
                       headers={"Authorization": "Bearer cl_a"}, content_type="multipart/form-data")
     assert post().status_code == 201
     r = post()
@@ -147,7 +149,7 @@ def test_cli_instructor_path(app, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     subs = tmp_path / "collected"
     (subs / "S10").mkdir(parents=True)
-    for n, d in solution_files().items():
+    for n, d in lab_files().items():
         (subs / "S10" / n).write_bytes(d)
     (subs / "S99").mkdir()
     w = make_worker(app, replay_runner())

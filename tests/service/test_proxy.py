@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from faults.slowclients import HALF_BODY, SlowClients, timed_requests, tls_context
-from faults.uploads import Client, csrf_of, urlencoded
-from grader.service.harness import LocalNginx, ServiceProcesses, self_signed_cert
+from support.http import Client, csrf_of, urlencoded
+from support.service import LocalNginx, ServiceProcesses, self_signed_cert
 from grader.vm.qemu import free_port
 
 pytestmark = pytest.mark.slow

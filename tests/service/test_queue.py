@@ -5,7 +5,8 @@ import datetime as dt
 
 import pytest
 
-from tests.service.helpers import make_worker, replay_runner, solution_files
+from support.app import make_worker, replay_runner
+from support.service import lab_files
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def submit(app):
         with app.test_request_context():
             u = db.session.get(User, app.ids[user])
             a = db.session.get(Assignment, app.ids["assignment"])
-            parts = [UploadPart(n, n, d) for n, d in solution_files().items()]
+            parts = [UploadPart(n, n, d) for n, d in lab_files().items()]
             sub, job = accept(u, a, parts, "api", kind=kind)
             return sub.id, job.id
     return go
@@ -201,7 +202,7 @@ def test_consumer_threads_grade_everything_once(app, submit):
 def test_a_vm_stopped_from_outside_mid_run_is_retried_not_scored(app, submit):
     """QEMU killed by someone else while grading: whatever the engine concluded, no result is kept
     for that attempt; the job runs again on a replaced VM and is scored once."""
-    from tests.service.helpers import StandInVM
+    from support.app import StandInVM
 
     sub, jid = submit()
     vms = []

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from faults.storage import open_to_others, tar_of, trailing_cases, zip_of
-from tests.service.helpers import solution_files, upload_data
+from support.service import lab_files
+from tests.service.helpers import upload_data
 from tests.service.test_uploads import api  # noqa: F401 - the fixture: alice's API upload
 
-GOOD = solution_files()
+GOOD = lab_files()
 TRAILING = trailing_cases(GOOD)   # the fault suite's cases (faults/storage.py)
 EXPECT = {  # what each refusal names
     "tar + junk": "not the end-of-archive zeros", "tar padded with zeros to 1 MiB": "zero bytes after its last",
@@ -124,7 +125,7 @@ def test_instance_files_are_private(tmp_path, monkeypatch):
     from grader import create_app
     from grader.service.models import ApiToken, db
     from grader.service.store import Store
-    from tests.service.helpers import seed
+    from support.service import seed
 
     inst = tmp_path / "instance"
     inst.mkdir(mode=0o755)
@@ -164,7 +165,7 @@ def test_instance_files_are_private(tmp_path, monkeypatch):
 def test_generated_config_is_private(tmp_path):
     """The config.py the harness (fault suite, VM tests) writes holds a secret key: 0600 in a 0700
     folder. `make demo` writes its config.py through the same helper (grader/service/private.py)."""
-    from grader.service.harness import ServiceProcesses
+    from support.service import ServiceProcesses
 
     old = os.umask(0o022)
     try:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.helpers import solution_files
+from support.service import lab_files
 
-GOOD = solution_files()
+GOOD = lab_files()
 
 
 def tar_of(members, gz=True) -> bytes:

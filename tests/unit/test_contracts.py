@@ -4,7 +4,7 @@ the lab spec, the run and the worker read, and the typed outcome of a run."""
 import inspect
 
 import pytest
-from engine_fixtures import good_run
+from support.engine_runs import good_run
 from test_engine_run import FakeVM
 
 from grader.engine.check import LocalVM

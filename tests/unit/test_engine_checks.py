@@ -1,4 +1,4 @@
-from engine_fixtures import KADDR, MSG, RBUF, SBUF, good_run, kmsg_text, receiver_out, trace_text
+from support.engine_runs import KADDR, MSG, RBUF, SBUF, good_run, kmsg_text, receiver_out, trace_text
 
 from grader.engine.checkrun import REGISTRY, run_checks
 from grader.engine.labspec import load_lab

@@ -1,4 +1,4 @@
-from engine_fixtures import KADDR, MSG, RBUF, SBUF, START_SEQ, kmsg_text, trace_text, words
+from support.engine_runs import KADDR, MSG, RBUF, SBUF, START_SEQ, kmsg_text, trace_text, words
 
 from grader.engine import evidence as ev
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from engine_fixtures import MSG, PORT, RBUF, SBUF, kmsg_text, trace_text
+from support.engine_runs import MSG, PORT, RBUF, SBUF, kmsg_text, trace_text
 
 from grader.engine.labspec import load_lab
 from grader.engine.profile import load_profile

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from faults import submissions as subs
-from faults.report import Figure, markdown, ratio, replace_between, zero
+from faults.report import Figure, markdown, ratio, zero
 from grader.engine.phases import PHASE_NAMES
+from support.report import replace_between
 
 REPO = Path(__file__).resolve().parents[2]
 KDIR = Path(os.environ.get("COPYLAB_KDIR", "/usr/src/linux-headers-6.1.0-50-amd64"))

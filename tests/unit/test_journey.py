@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from engine_fixtures import KADDR, MSG, RBUF, SBUF, good_run, kmsg_text
+from support.engine_runs import KADDR, MSG, RBUF, SBUF, good_run, kmsg_text
 
 from grader.engine.checkrun import run_checks
 from grader.engine.journey import Copy, Journey, Place, halves, journey_from_result, render_svg, render_text

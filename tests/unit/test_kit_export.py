@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from grader.errors import GraderError
-from grader.kit import KIT_PATHS, collect_files, export_kit, find_labs, scan_kit
+from grader.kit import FIXTURES, KIT_PATHS, collect_files, export_kit, find_labs, scan_kit
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = REPO / ".venv" / "bin" / "python"
@@ -204,12 +204,13 @@ def test_allowlist_is_an_allowlist():
 
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
-    """What export needs: the kit's files, the solutions, tests/fixtures and the grader's command line."""
+    """What export needs: the kit's files, the solutions, the submission variants and the grader's command line."""
     copy = tmp_path / "repo"
     needed = set(collect_files(REPO, quiet)) | {"grader/__main__.py", "grader/kit.py", "grader/kit_readme.md"}
-    for folder in [*(REPO / "labs").glob("*/solution"), REPO / "tests" / "fixtures"]:
+    for folder in (REPO / "labs").glob("*/solution"):
         needed |= {p.relative_to(REPO).as_posix() for p in folder.rglob("*")
                    if p.is_file() and "__pycache__" not in p.parts}
+    needed |= {p.relative_to(REPO).as_posix() for pattern in FIXTURES for p in REPO.glob(pattern)}
     for rel in needed:
         (copy / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, copy / rel)
@@ -284,12 +285,12 @@ def test_secrets_and_hidden_checks_are_refused(repo_copy, tmp_path, rel, text, p
 
 
 def test_copy_of_a_fixture_is_refused(repo_copy, tmp_path):
-    fixture = repo_copy / "tests/fixtures/lab1_submissions.py"
+    fixture = repo_copy / "support/lab1_submissions.py"
     shutil.copy(fixture, repo_copy / "labs/lab1/submissions.py")
     (repo_copy / "labs/lab1/skeleton/lab1_submissions.py").write_text(fixture.read_text() + "# edited\n")
     msg = refusal(repo_copy, tmp_path / "kit")
-    assert "labs/lab1/submissions.py: same content as tests/fixtures/lab1_submissions.py" in msg
-    assert "labs/lab1/skeleton/lab1_submissions.py: named like tests/fixtures/lab1_submissions.py" in msg
+    assert "labs/lab1/submissions.py: same content as support/lab1_submissions.py" in msg
+    assert "labs/lab1/skeleton/lab1_submissions.py: named like support/lab1_submissions.py" in msg
 
 
 def test_symlink_is_refused(repo_copy, tmp_path):

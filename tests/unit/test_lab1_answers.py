@@ -11,8 +11,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-import engine_fixtures
-from engine_fixtures import KADDR, RBUF, SBUF, kmsg_text, sender_out, trace_text
+from support import engine_runs
+from support.engine_runs import KADDR, RBUF, SBUF, kmsg_text, sender_out, trace_text
 
 from grader.engine.checkrun import run_checks
 from grader.engine.evidence import ANSWER_MAX_CHARS, answer_number, parse_answers
@@ -32,7 +32,7 @@ QUESTIONS = [c.name for c in LAB.checks if c.part == "questions"]
 
 def good_run(**over):
     """The fixtures' good run, with the lab's example addresses as GradingRun sets them."""
-    return engine_fixtures.good_run(example_addresses=LAB.example_addresses, **over)
+    return engine_runs.good_run(example_addresses=LAB.example_addresses, **over)
 
 
 def results(run):

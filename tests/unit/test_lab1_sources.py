@@ -41,7 +41,7 @@ def _load(name: str, path: Path):
     return module
 
 
-subs = _load("lab1_submissions", REPO / "tests" / "fixtures" / "lab1_submissions.py")
+from support import lab1_submissions as subs  # noqa: E402
 mkskeleton = _load("copylab_mkskeleton", TOOLS / "mkskeleton.py")
 
 @pytest.fixture

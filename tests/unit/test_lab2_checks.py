@@ -3,7 +3,7 @@
 trace of the driver probes and the nic-trace source's observations."""
 from __future__ import annotations
 
-from engine_fixtures import MSG, PORT, RBUF, SBUF, good_run, words
+from support.engine_runs import MSG, PORT, RBUF, SBUF, good_run, words
 
 from grader.engine import evidence as ev
 from grader.engine.checkrun import run_checks

@@ -11,7 +11,7 @@ import pytest
 import sys
 from pathlib import Path
 
-from engine_fixtures import KADDR, MSG, RBUF, SBUF, good_run, trace_text
+from support.engine_runs import KADDR, MSG, RBUF, SBUF, good_run, trace_text
 
 from grader.engine.checkrun import REGISTRY, run_checks
 from grader.engine.hostevidence import unavailable
@@ -105,7 +105,7 @@ def test_solution_records_agree_with_the_witness_and_the_message_was_there():
 
 def test_a_forged_guest_trace_agrees_with_invented_records_but_not_with_the_witness():
     fake_k, fake_u = 0xFFFF888012345678, 0x7FFD00001000
-    from engine_fixtures import kmsg_text
+    from support.engine_runs import kmsg_text
     forged = dict(kmsg_text=kmsg_text(
         copy1=f"copytrace: [COPY1] src={SBUF:016x} dest={fake_k:016x} len=16",
         copy4=f"copytrace: [COPY4] src={fake_k:016x} dest={RBUF:016x} len=16"),

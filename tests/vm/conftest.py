@@ -79,8 +79,7 @@ def booted_vm(golden: Path, progress, workdir: Path, name: str, boot_timeout: fl
 
 def solution_full_marks(vm, tmp_path: Path, release: str, arch: str) -> dict:
     """Lab 1's solution graded on vm: full marks on the expected kernel; returns the result."""
-    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
-    from lab1_submissions import make_submission
+    from support.lab1_submissions import make_submission
 
     from grader.engine.labspec import load_lab
     from grader.engine.run import grade

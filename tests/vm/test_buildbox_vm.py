@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 
-from lab1_submissions import make_submission  # noqa: E402
+from support.lab1_submissions import make_submission  # noqa: E402
 
 from grader import buildbox  # noqa: E402
 from grader.engine.labspec import load_lab  # noqa: E402

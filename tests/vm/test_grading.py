@@ -3,15 +3,13 @@ hostile submissions, each graded by a real run (build, load, trace, check) from 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 
-from lab1_submissions import make_submission  # noqa: E402
+from support.lab1_submissions import make_submission  # noqa: E402
 
 from grader.engine.journey import journey_from_result  # noqa: E402
 from grader.engine.labspec import load_lab  # noqa: E402

@@ -5,15 +5,13 @@ inventory host (StaticHostVM: the same QEMU guest over SSH, never restored betwe
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 
-import lab1_submissions as fx  # noqa: E402
+from support import lab1_submissions as fx  # noqa: E402
 
 from faults import submissions as fault_subs  # noqa: E402
 from grader.engine.labspec import load_lab  # noqa: E402

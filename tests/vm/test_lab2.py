@@ -5,15 +5,13 @@ made up fails the hypervisor's checks. The card's view comes from QEMU's own tra
 is conftest's nic_lab_vm."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 
-from lab2_submissions import make_submission  # noqa: E402
+from support.lab2_submissions import make_submission  # noqa: E402
 
 from grader.engine.labspec import load_lab  # noqa: E402
 from grader.engine.run import grade  # noqa: E402

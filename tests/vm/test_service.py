@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from grader.service.harness import ServiceProcesses
+from support.service import ServiceProcesses
 
 
 ROOT = Path(__file__).resolve().parents[2]

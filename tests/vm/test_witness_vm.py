@@ -2,11 +2,11 @@
 from the grader host while real grading runs go on (grader/vm/gdbwitness.py)."""
 from __future__ import annotations
 
-# test_grading also puts tests/fixtures on sys.path; `lab` is its module-scoped fixture
+# `lab` is test_grading's module-scoped fixture
 from test_grading import checks, lab  # noqa: F401
 from test_grading import evidence_text as text
 
-from lab1_submissions import FORGED_KERNEL, make_submission  # noqa: E402
+from support.lab1_submissions import FORGED_KERNEL, make_submission  # noqa: E402
 
 from grader.engine.run import grade
 
