@@ -34,7 +34,7 @@ def regrade(assignment: Assignment, created_by: str) -> Batch:
 def grade_folder(assignment: Assignment, folder: Path, created_by: str) -> tuple[Batch, list[str]]:
     """Submissions collected elsewhere: FOLDER/<student_number or username>{/, .tar.gz, .tgz, .tar, .zip}.
     Returns the batch and one message per entry that was not accepted."""
-    from .uploads import UploadRejected
+    from grader.submission import SubmissionRejected
 
     batch = Batch(assignment_id=assignment.id, kind="grade", created_by=created_by)
     db.session.add(batch)
@@ -67,6 +67,6 @@ def grade_folder(assignment: Assignment, folder: Path, created_by: str) -> tuple
             parts = [UploadPart("archive", entry.name, entry.read_bytes())]
         try:
             accept(user, assignment, parts, "batch", kind="regrade", batch_id=batch.id, enforce_quota=False)
-        except UploadRejected as e:
+        except SubmissionRejected as e:
             problems.append(f"{entry.name}: {e}")
     return batch, problems
