@@ -1,12 +1,11 @@
 """Figures of the fault suite: one per line in the report, each with its target and whether it is met.
 
 Every part returns ``{"figures": [Figure.as_dict(), ...], ...details}``; the runner renders the
-figures into ``faults/results/latest.md`` and the README section between the faults markers.
+figures into ``faults/results/latest.md``.
 """
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 
 @dataclasses.dataclass
@@ -54,13 +53,3 @@ def markdown(result: dict, parts: list[str]) -> str:
         for f in r.get("figures", []):
             out.append(line(f))
     return "\n".join(out) + "\n"
-
-
-def replace_between(path: Path, begin: str, end: str, text: str) -> None:
-    """Replace what lies between the two marker lines of ``path`` (both must be present)."""
-    body = path.read_text()
-    if begin not in body or end not in body:
-        raise SystemExit(f"{path.name} lacks the markers {begin} ... {end}")
-    head, rest = body.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(head + begin + "\n" + text + end + tail)

@@ -79,7 +79,7 @@ class Defaults:
     # --- uploads
     # (the grade CLI applies the same defaults: grader/submission.py)
     UPLOAD_MAX_ARCHIVE_BYTES = submission.ARCHIVE_BYTES    # an uploaded archive (1 MiB)
-    UPLOAD_MAX_MEMBERS = submission.MEMBERS                # members an archive may hold (64: the lab's files and clutter)
+    UPLOAD_MAX_MEMBERS = submission.MEMBERS                # archive members (64: the lab's files and clutter)
     UPLOAD_MAX_UNPACKED_BYTES = submission.UNPACKED_BYTES  # all members together, unpacked (4 MiB)
     # --- submission policy, per student (0: no limit). An assignment's own max_submissions and
     # cooldown_seconds, when not 0, replace the first two for that assignment.
