@@ -1,7 +1,7 @@
 """Validation of untrusted submissions, before anything is stored or run (stdlib only): the grade CLI
 (a folder or an archive file) and the service (grader/service/uploads.py: an archive or one form field
-per file) turn what a student sent into the lab's files here, under the same rules and with the same
-reasons.
+per file; batches.py: a folder of collected submissions) turn what a student sent into the lab's files
+here, under the same rules and with the same reasons.
 
 Accepted: exactly the lab's file names, regular files, within the size caps, UTF-8 text without NUL
 bytes. Everything else is refused with a message that names the offending file or member. An archive
