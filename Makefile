@@ -25,8 +25,8 @@ help:
 	@echo "make test-fast  unit tests and the local sshd tier only (no VM)"
 	@echo "make image      build or reuse the golden lab-VM image (cache: \$$COPYLAB_CACHE or ~/.cache/copylab)"
 	@echo "make box        export the golden image as a libvirt Vagrant box (COPYLAB_ARCH=arm64: the Apple Silicon box)"
-	@echo "make bench      run the benchmarks (README section Benchmarks; BENCH_ARGS=--skip-cold etc.)"
-	@echo "make faults     run the fault and abuse suite (README section Fault suite; FAULTS_ARGS=--only uploads etc.)"
+	@echo "make bench      run the benchmarks (docs/development.md, Benchmarks; BENCH_ARGS=--skip-cold etc.)"
+	@echo "make faults     run the fault and abuse suite (docs/development.md, Fault suite; FAULTS_ARGS=--only uploads etc.)"
 	@echo "make lint       ansible-lint the provisioning"
 	@echo "make kit        export the student kit to \$$KIT_DIR (default build/copylab-kit; KIT_ARGS=--force, --format tar|git)"
 
@@ -85,7 +85,7 @@ test: deps
 test-fast: deps
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTEST) -ra -m "not vm and not libvirt" tests/unit
 
-# Figures with their targets, written to bench/results/ and the README; never timed test assertions.
+# Figures with their targets, written to bench/results/ (linked from docs/development.md); never timed test assertions.
 bench: image
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m bench $(BENCH_ARGS)
 

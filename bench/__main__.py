@@ -1,8 +1,8 @@
 """`make bench` (python -m bench): runs the benchmarks, writes bench/results/latest.json and
-latest.md, and replaces the figures between the bench markers in README.md.
+latest.md (the docs link that table: docs/development.md).
 
     python -m bench [--only floor,burst,scaling,provisioning,witness] [--pairs 3] [--burst 1000]
-                    [--skip-cold] [--no-readme]
+                    [--skip-cold]
 """
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from support.report import machine, replace_between
+from support.report import machine
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
 def say(msg: str) -> None:
@@ -102,10 +101,6 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(md: str) -> None:
-    replace_between(REPO / "README.md", BEGIN, END, md)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--only", default="floor,burst,scaling,provisioning,witness")
@@ -114,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--burst", type=int, default=1000)
     ap.add_argument("--window", type=float, default=60.0)
     ap.add_argument("--skip-cold", action="store_true", help="report the cached image's recorded build times")
-    ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="re-render latest.json (no measuring)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other parts from the last (or an interrupted) run: bench/results/partial.json, "
@@ -126,8 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         md = markdown(json.loads((RESULTS / "latest.json").read_text()))
         (RESULTS / "latest.md").write_text(md)
         print(md)
-        if not args.no_readme:
-            update_readme(md)
         return 0
     result: dict = {"machine": machine()}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -181,9 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(result)
     (RESULTS / "latest.md").write_text(md)
     print("\n" + md)
-    if not args.no_readme and {"floor", "burst", "scaling", "provisioning"} <= set(result):
-        update_readme(md)
-        say("README.md benchmark section updated")
     return 0
 
 

@@ -1,1 +1,1 @@
-"""`make faults`: the fault and abuse suite (python -m faults); see README section Fault suite."""
+"""`make faults`: the fault and abuse suite (python -m faults); see docs/development.md, Fault suite."""

@@ -1,10 +1,10 @@
 """`make faults` (python -m faults): the fault and abuse suite. Writes faults/results/latest.json and
-latest.md (one figure per line) and the README section between the faults markers.
+latest.md (one figure per line; the docs link it: docs/development.md).
 
     python -m faults [--only pool,webkill,hostkey,uploads,access,slowclients,exports,qemusandbox,storage,login,
                      buildbox,isolation]
                      [--uploads 2000] [--pool-vms 2] [--kills worker=2,web=4,qemu=2] [--faults panic,hang,...]
-                     [--login-seconds 60] [--seed 1] [--no-readme]
+                     [--login-seconds 60] [--seed 1] [--merge]
 
 Parts: ``pool`` (kernel faults, user-space faults and restarts, on one service with a VM pool),
 ``webkill`` (hand-ins in flight while the web process is killed again and again), ``hostkey``, ``uploads``, ``access``,
@@ -30,7 +30,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "faults" / "results"
-BEGIN, END = "<!-- faults:begin -->", "<!-- faults:end -->"
 PARTS = ["pool", "webkill", "hostkey", "uploads", "access", "slowclients", "exports", "qemusandbox", "storage", "login", "buildbox", "isolation"]
 # report order: the pool part's figures carry their own part names (kernel, user, restarts)
 ORDER = ["pool", "webkill", "uploads", "access", "exports", "slowclients", "storage", "login", "hostkey", "qemusandbox", "buildbox", "isolation"]
@@ -50,13 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--login-seconds", type=float, default=60, help="length of each password-guessing attack")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--build-rounds", type=int, default=3, help="rounds of each hostile build (buildbox)")
-    ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--merge", action="store_true",
                     help="keep the parts not run now from faults/results/latest.json (the report says so)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from faults.report import markdown
-    from support.report import machine, replace_between
+    from support.report import machine
 
     only = [p for p in PARTS if p in args.only.split(",")]
     unknown = set(args.only.split(",")) - set(PARTS)
@@ -151,10 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(result, ORDER)
     (RESULTS / "latest.md").write_text(md)
     print("\n" + md)
-    complete = all(p in result for p in PARTS) and not args.faults
-    if not args.no_readme and complete:
-        replace_between(REPO / "README.md", BEGIN, END, md)
-        say("README.md fault-suite section updated")
     off = [f for p in only for f in result[p].get("figures", []) if f["met"] is False]
     broken = [p for p in only if result[p].get("error")]
     say(f"{len(off)} figures off target, {len(broken)} parts did not finish, {result['wall_s'] / 60:.1f} min")

@@ -1,7 +1,7 @@
 """Figures of the fault suite: one per line in the report, each with its target and whether it is met.
 
 Every part returns ``{"figures": [Figure.as_dict(), ...], ...details}``; the runner renders the
-figures into ``faults/results/latest.md`` and the README section between the faults markers.
+figures into ``faults/results/latest.md``.
 """
 from __future__ import annotations
 
@@ -53,4 +53,3 @@ def markdown(result: dict, parts: list[str]) -> str:
         for f in r.get("figures", []):
             out.append(line(f))
     return "\n".join(out) + "\n"
-

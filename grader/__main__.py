@@ -48,12 +48,12 @@ def grade_command(args) -> int:
     from grader.engine.labspec import load_lab
     from grader.engine.result import render_text
     from grader.engine.run import grade
-    from grader.submission import materialize
+    from grader.submission import Limits, materialize
 
     lab = load_lab(args.lab)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"copylab-{lab.id}-"))
     with tempfile.TemporaryDirectory(prefix="copylab-sub-") as tmp:
-        sub = materialize(Path(args.submission), lab.files, Path(tmp), lab.max_file_bytes,
+        sub = materialize(Path(args.submission), lab.files, Path(tmp), Limits(file_bytes=lab.max_file_bytes),
                           lab.optional_files)
         vm = open_vm(args.vm, args.known_hosts, args.key, lab.vm_shape)
         try:

@@ -1,11 +1,9 @@
-"""What the bench and fault reports share: the machine a run was measured on, and the replacement of a
-marked section of a file (README.md) by a fresh table."""
+"""What the bench and fault reports share: the machine a run was measured on."""
 from __future__ import annotations
 
 import datetime as dt
 import os
 import platform
-from pathlib import Path
 
 
 def machine() -> dict:
@@ -15,12 +13,3 @@ def machine() -> dict:
             "machine": platform.machine(), "kernel": platform.release(), "python": platform.python_version(),
             "kvm_device": kvm}
 
-
-def replace_between(path: Path, begin: str, end: str, text: str) -> None:
-    """Replace what lies between the two marker lines of ``path`` (both must be present)."""
-    body = path.read_text()
-    if begin not in body or end not in body:
-        raise SystemExit(f"{path.name} lacks the markers {begin} ... {end}")
-    head, rest = body.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(head + begin + "\n" + text + end + tail)

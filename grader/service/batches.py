@@ -5,10 +5,13 @@ from pathlib import Path
 
 from flask import current_app
 
+from grader.submission import SubmissionRejected, read_folder
+
 from . import jobs
 from .gradebook import students
+from .labs import lab_spec
 from .models import Assignment, Batch, Submission, User, db
-from .submit import accept, dispatch
+from .submit import accept, dispatch, limits_for
 from .uploads import UploadPart
 
 
@@ -34,13 +37,10 @@ def regrade(assignment: Assignment, created_by: str) -> Batch:
 def grade_folder(assignment: Assignment, folder: Path, created_by: str) -> tuple[Batch, list[str]]:
     """Submissions collected elsewhere: FOLDER/<student_number or username>{/, .tar.gz, .tgz, .tar, .zip}.
     Returns the batch and one message per entry that was not accepted."""
-    from .uploads import UploadRejected
-
     batch = Batch(assignment_id=assignment.id, kind="grade", created_by=created_by)
     db.session.add(batch)
     db.session.commit()
     problems = []
-    lab_files = None
     for entry in sorted(Path(folder).iterdir()):
         key = entry.name
         for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
@@ -54,19 +54,14 @@ def grade_folder(assignment: Assignment, folder: Path, created_by: str) -> tuple
         if entry.is_symlink():
             problems.append(f"{entry.name}: a symbolic link, not read")
             continue
-        if entry.is_dir():
-            from .labs import lab_spec
-
-            lab_files = lab_files or [*lab_spec(assignment.lab).files,
-                                       *lab_spec(assignment.lab).optional_files]
-            parts = []
-            for p in sorted(entry.iterdir()):
-                if p.is_file() and not p.is_symlink() and p.name in lab_files:
-                    parts.append(UploadPart(p.name, p.name, p.read_bytes()))
-        else:
-            parts = [UploadPart("archive", entry.name, entry.read_bytes())]
         try:
+            if entry.is_dir():   # read as the grade CLI reads a folder: the lab's file names only
+                lab = lab_spec(assignment.lab)
+                found = read_folder(entry, {*lab.files, *lab.optional_files}, limits_for(lab))
+                parts = [UploadPart(name, name, data) for name, data in found.items()]
+            else:
+                parts = [UploadPart("archive", entry.name, entry.read_bytes())]
             accept(user, assignment, parts, "batch", kind="regrade", batch_id=batch.id, enforce_quota=False)
-        except UploadRejected as e:
+        except SubmissionRejected as e:
             problems.append(f"{entry.name}: {e}")
     return batch, problems

@@ -9,6 +9,8 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+from grader import submission
+
 # Secret keys that must never sign sessions in production (copied from tutorials and our own docs).
 KNOWN_BAD_SECRETS = {"", "dev", "changeme", "change-me", "secret", "copylab", "please-change-me"}
 
@@ -75,9 +77,10 @@ class Defaults:
     STORE_DIR = "store"                     # submissions (write-once) and grading artifacts
     LABS_DIR = None                         # default: the kit's labs/ folder
     # --- uploads
-    UPLOAD_MAX_ARCHIVE_BYTES = 1024 * 1024  # an uploaded archive
-    UPLOAD_MAX_MEMBERS = 64                 # members an archive may hold (the lab's files and clutter)
-    UPLOAD_MAX_UNPACKED_BYTES = 4 * 1024 * 1024  # all members together, unpacked
+    # (the grade CLI applies the same defaults: grader/submission.py)
+    UPLOAD_MAX_ARCHIVE_BYTES = submission.ARCHIVE_BYTES    # an uploaded archive (1 MiB)
+    UPLOAD_MAX_MEMBERS = submission.MEMBERS                # archive members (64: the lab's files and clutter)
+    UPLOAD_MAX_UNPACKED_BYTES = submission.UNPACKED_BYTES  # all members together, unpacked (4 MiB)
     # --- submission policy, per student (0: no limit). An assignment's own max_submissions and
     # cooldown_seconds, when not 0, replace the first two for that assignment.
     SUBMIT_COOLDOWN_SECONDS = 30            # between two submissions to one assignment (429 + Retry-After)

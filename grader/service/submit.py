@@ -7,12 +7,14 @@ import json
 
 from flask import current_app
 
+from grader.submission import Limits
+
 from . import jobs
 from .labs import lab_spec
 from .models import Assignment, Membership, Submission, User, db
 from .policy import check_quota, check_storage
 from .store import Store
-from .uploads import Limits, UploadPart, validate_upload
+from .uploads import UploadPart, validate_upload
 
 
 def limits_for(lab) -> Limits:
@@ -37,7 +39,7 @@ def hold_student(user_id: int) -> None:
 
 def accept(user: User, assignment: Assignment, parts: list[UploadPart], source: str, *,
            kind: str = "live", batch_id: int | None = None, enforce_quota: bool = True):
-    """Returns (submission, job). Raises UploadRejected / QuotaExceeded with the student's message."""
+    """Returns (submission, job). Raises SubmissionRejected / QuotaExceeded with the student's message."""
     lab = lab_spec(assignment.lab)
     if enforce_quota:
         check_quota(assignment, user.id)   # refused before the upload is read; checked again below

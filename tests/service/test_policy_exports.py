@@ -152,6 +152,11 @@ def test_cli_instructor_path(app, tmp_path, monkeypatch):
     for n, d in lab_files().items():
         (subs / "S10" / n).write_bytes(d)
     (subs / "S99").mkdir()
+    (subs / "S11").mkdir()   # a link where a lab file belongs: refused as the grade CLI refuses it
+    for n, d in solution_files().items():
+        (subs / "S11" / n).write_bytes(d)
+    (subs / "S11" / "sender.c").unlink()
+    (subs / "S11" / "sender.c").symlink_to(subs / "S10" / "sender.c")
     w = make_worker(app, replay_runner())
     stop = threading.Event()
 
@@ -165,6 +170,7 @@ def test_cli_instructor_path(app, tmp_path, monkeypatch):
         r = runner.invoke(args=["grade", "fall/lab1", str(subs), "--timeout", "60"])
         assert r.exit_code == 0, r.output
         assert "no student 'S99'" in r.output and "'done': 1" in r.output
+        assert f"S11: sender.c in {subs / 'S11'} is not a regular file" in r.output, r.output
         r = runner.invoke(args=["regrade", "fall/lab1", "--timeout", "60"])
         assert r.exit_code == 0 and "regrade batch" in r.output and "'done': 1" in r.output, r.output
     finally:

@@ -120,6 +120,16 @@ def test_hostile_archive_refused(app, api, case, tmp_path):
     assert expect in r.get_json()["error"], (case, r.get_json())
     assert submissions(app) == 0 and store_files(app) == []
     assert set(p for p in tmp_path.parent.rglob("*evil*")) == before
+    # the grade CLI refuses the same archive with the same reason (grader/submission.py)
+    from grader.engine.labspec import load_lab
+    from grader.submission import Limits, SubmissionRejected, materialize
+
+    lab = load_lab("lab1")
+    (tmp_path / "handin.tar.gz").write_bytes(data)
+    with pytest.raises(SubmissionRejected) as cli:
+        materialize(tmp_path / "handin.tar.gz", lab.files, tmp_path / "cli", Limits(lab.max_file_bytes),
+                    lab.optional_files)
+    assert str(cli.value) == r.get_json()["error"]
 
 
 FORMS = {

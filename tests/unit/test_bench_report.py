@@ -1,6 +1,8 @@
 """The benchmark report: every figure with its target and whether it is met (bench/__main__.py)."""
 from __future__ import annotations
 
+import json
+
 from bench.__main__ import markdown, rows_for
 
 RESULT = {
@@ -42,3 +44,20 @@ def test_sandbox_build_rows():
     assert rows["grading run vs floor, median ratio b/a"][1] is True
     assert rows["grading runs per VM per hour"] == ("40 / 120", None)
     assert rows["module build phase, median"] == ("58.0 s / 5.5 s", None)
+
+
+def test_the_report_goes_to_the_results_files_only(tmp_path, monkeypatch):
+    """latest.md is rendered from latest.json into bench/results, which the docs link; README.md is
+    not written."""
+    import bench.__main__ as bench
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "latest.json").write_text(json.dumps(RESULT))
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- bench:begin -->\nold\n<!-- bench:end -->\nb\n")
+    monkeypatch.setattr(bench, "REPO", tmp_path)
+    monkeypatch.setattr(bench, "RESULTS", results)
+    assert bench.main(["--report-only"]) == 0
+    assert (results / "latest.md").read_text() == markdown(RESULT)
+    assert readme.read_text() == "a\n<!-- bench:begin -->\nold\n<!-- bench:end -->\nb\n"

@@ -12,7 +12,6 @@ import pytest
 from faults import submissions as subs
 from faults.report import Figure, markdown, ratio, zero
 from grader.engine.phases import PHASE_NAMES
-from support.report import replace_between
 
 REPO = Path(__file__).resolve().parents[2]
 KDIR = Path(os.environ.get("COPYLAB_KDIR", "/usr/src/linux-headers-6.1.0-50-amd64"))
@@ -60,7 +59,7 @@ def test_every_fault_names_what_counts_as_recognised():
         assert f.expect and all(e == "crash" or e in ("pass", "checks") or ":" in e for e in f.expect), f
 
 
-def test_report_one_figure_per_line(tmp_path):
+def test_report_one_figure_per_line():
     result = {"machine": {"date": "2026-11-25 19:00 UTC", "cpus": 2, "machine": "x86_64", "kernel": "6.1"},
               "accel": "tcg", "wall_s": 600,
               "pool": {"figures": [ratio("kernel", "crashes detected", 5, 6, "deadlock got pass").as_dict(),
@@ -74,12 +73,28 @@ def test_report_one_figure_per_line(tmp_path):
     assert "- restarts: submissions lost: **0** (target 0) ok" in lines
     assert "- uploads: cases: **2000**" in lines
     assert "- hostkey: **did not finish**: RuntimeError: boom" in lines
+
+
+def test_the_report_goes_to_the_results_files_only(tmp_path, monkeypatch):
+    """The suite writes faults/results/latest.{json,md}, which the docs link; README.md is not
+    written (a stand-in part: the real ones need a service or VMs)."""
+    import json
+
+    import faults.__main__ as suite
+    from faults import access
+
     readme = tmp_path / "README.md"
     readme.write_text("a\n<!-- faults:begin -->\nold\n<!-- faults:end -->\nb\n")
-    replace_between(readme, "<!-- faults:begin -->", "<!-- faults:end -->", md)
-    text = readme.read_text()
-    assert "old" not in text and text.startswith("a\n<!-- faults:begin -->\nLast run") and text.endswith(
-        "<!-- faults:end -->\nb\n")
+    monkeypatch.setattr(suite, "REPO", tmp_path)
+    monkeypatch.setattr(suite, "RESULTS", tmp_path / "results")
+    figure = zero("access", "unauthorised reads", 0).as_dict()
+    monkeypatch.setattr(access, "measure", lambda progress: {"figures": [figure]})
+    assert suite.main(["--only", "access"]) == 0
+    md = (tmp_path / "results" / "latest.md").read_text()
+    assert md.startswith("Last run: ") and "- access: unauthorised reads: **0** (target 0) ok" in md.splitlines()
+    assert json.loads((tmp_path / "results" / "latest.json").read_text())["access"]["figures"][0]["value"] == "0"
+    assert not (tmp_path / "results" / "partial.json").exists()
+    assert readme.read_text() == "a\n<!-- faults:begin -->\nold\n<!-- faults:end -->\nb\n"
 
 
 def test_an_empty_ratio_is_never_met():

@@ -18,8 +18,8 @@ from grader.engine.checkrun import run_checks
 from grader.engine.evidence import ANSWER_MAX_CHARS, answer_number, parse_answers
 from grader.engine.labspec import load_lab
 from grader.engine.result import build_result
-from grader.service.uploads import Limits, UploadPart, UploadRejected, validate_upload
-from grader.submission import SubmissionError, materialize
+from grader.service.uploads import UploadPart, validate_upload
+from grader.submission import Limits, SubmissionRejected, materialize
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB_DIR = ROOT / "labs" / "lab1"
@@ -240,10 +240,10 @@ def test_the_service_accepts_the_optional_answers_file_in_every_form():
     got = validate_upload(parts + [UploadPart("answers.txt", "answers.txt", b" \n")], LAB.files, LIMITS,
                           LAB.optional_files)
     assert "answers.txt" not in got
-    with pytest.raises(UploadRejected, match="answers.txt is not a text file"):
+    with pytest.raises(SubmissionRejected, match="answers.txt is not a text file"):
         validate_upload(parts + [UploadPart("answers.txt", "answers.txt", b"a\0b")], LAB.files, LIMITS,
                         LAB.optional_files)
-    with pytest.raises(UploadRejected, match="unexpected upload field 'answers.txt'"):
+    with pytest.raises(SubmissionRejected, match="unexpected upload field 'answers.txt'"):
         validate_upload(parts + [UploadPart("answers.txt", "answers.txt", answers)], LAB.files, LIMITS)
 
 
@@ -252,19 +252,19 @@ def test_the_cli_takes_the_optional_answers_file(tmp_path):
     src.mkdir()
     for n, d in C_FILES.items():
         (src / n).write_bytes(d)
-    out = materialize(src, LAB.files, tmp_path / "a", LAB.max_file_bytes, LAB.optional_files)
+    out = materialize(src, LAB.files, tmp_path / "a", Limits(LAB.max_file_bytes), LAB.optional_files)
     assert sorted(p.name for p in out.iterdir()) == sorted(LAB.files)
     (src / "answers.txt").write_text(SOLUTION_ANSWERS)
-    out = materialize(src, LAB.files, tmp_path / "b", LAB.max_file_bytes, LAB.optional_files)
+    out = materialize(src, LAB.files, tmp_path / "b", Limits(LAB.max_file_bytes), LAB.optional_files)
     assert (out / "answers.txt").read_text() == SOLUTION_ANSWERS
     archive = tmp_path / "s.tar.gz"
     archive.write_bytes(tgz({**C_FILES, "answers.txt": SOLUTION_ANSWERS.encode()}))
-    out = materialize(archive, LAB.files, tmp_path / "c", LAB.max_file_bytes, LAB.optional_files)
+    out = materialize(archive, LAB.files, tmp_path / "c", Limits(LAB.max_file_bytes), LAB.optional_files)
     assert (out / "answers.txt").is_file()
     (src / "answers.txt").unlink()
     (src / "answers.txt").symlink_to("/etc/passwd")
-    with pytest.raises(SubmissionError, match="answers.txt .* is not a regular file"):
-        materialize(src, LAB.files, tmp_path / "d", LAB.max_file_bytes, LAB.optional_files)
+    with pytest.raises(SubmissionRejected, match="answers.txt .* is not a regular file"):
+        materialize(src, LAB.files, tmp_path / "d", Limits(LAB.max_file_bytes), LAB.optional_files)
 
 
 def handin(lab_dir: Path) -> subprocess.CompletedProcess:

@@ -6,13 +6,14 @@ from functools import wraps
 
 from flask import Blueprint, abort, current_app, g, jsonify, request, url_for
 
+from grader.submission import SubmissionRejected
+
 from .. import jobs
 from ..headers import send_untrusted
 from ..models import ApiToken, Assignment, Membership, User, db, utcnow
 from ..policy import QuotaExceeded
 from ..store import Store
 from ..submit import accept
-from ..uploads import UploadRejected
 from .common import form_parts, submission_for
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -89,7 +90,7 @@ def submit(lab: str):
                              f"({', '.join(a.cohort.name for a in candidates)})"), 400
     try:
         sub, job = accept(user, candidates[0], form_parts(), "api")
-    except UploadRejected as e:
+    except SubmissionRejected as e:
         return jsonify(error=str(e)), 422
     except QuotaExceeded as e:
         resp = jsonify(error=str(e))

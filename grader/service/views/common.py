@@ -12,9 +12,11 @@ from functools import wraps
 from flask import abort, current_app, request
 from flask_login import current_user, login_required
 
+from grader.submission import SubmissionRejected
+
 from ..models import Assignment, Submission, User, db
 from ..submit import is_member
-from ..uploads import UploadPart, UploadRejected
+from ..uploads import UploadPart
 
 
 def instructor_required(fn):
@@ -51,7 +53,7 @@ def form_parts() -> list[UploadPart]:
         parts.append(UploadPart(field, storage.filename or "", storage.stream.read(cap)))
     for field in request.form:
         if field not in ("csrf_token", "cohort"):
-            raise UploadRejected(f"field {field[:40]!r} must be a file upload, not text")
+            raise SubmissionRejected(f"field {field[:40]!r} must be a file upload, not text")
     return parts
 
 

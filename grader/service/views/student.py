@@ -10,6 +10,7 @@ from flask_login import current_user, login_required
 from markupsafe import Markup
 
 from grader.engine.journey import journey_from_result, render_svg
+from grader.submission import SubmissionRejected
 
 from .. import jobs
 from ..gradebook import row_for
@@ -19,7 +20,6 @@ from ..models import ApiToken, Assignment, Membership, Submission, db, utcnow
 from ..policy import QuotaExceeded, effective_deadline, submit_limits
 from ..store import Store
 from ..submit import accept
-from ..uploads import UploadRejected
 from .common import assignment_for, form_parts, submission_for
 
 bp = Blueprint("student", __name__)
@@ -58,7 +58,7 @@ def submit(assignment_id: int):
         abort(403)
     try:
         sub, _job = accept(current_user, a, form_parts(), "web")
-    except (UploadRejected, QuotaExceeded) as e:
+    except (SubmissionRejected, QuotaExceeded) as e:
         flash(f"Not accepted: {e}", "error")
         return redirect(url_for("student.assignment", assignment_id=a.id)), 303
     flash(f"Received submission #{sub.id}; receipt sha256 {sub.receipt}. It is queued for grading.")
