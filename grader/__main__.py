@@ -17,20 +17,24 @@ from pathlib import Path
 from grader.errors import GraderError
 
 REPO = Path(__file__).resolve().parents[1]
+SUITE_CHOICES = ("bookworm", "trixie")     # labs/tools/manifest.json "kernels" (tests/unit/test_grader_cli.py)
 
 
 def _progress(msg: str) -> None:
     print(f"[grader {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def open_vm(spec: str | None, known_hosts: str | None, key: str | None, shape: str = ""):
-    """--vm: omitted or 'golden' (the kit's golden image via the QEMU runner), a golden image folder,
-    or ssh://grader@HOST:PORT for an inventory host (with --known-hosts and --key). A QEMU VM has the
-    shape the lab asks for ([vm] nics)."""
-    from grader.vm.labvm import QemuLabVM, StaticHostVM, shape_options
+def open_vm(spec: str | None, known_hosts: str | None, key: str | None, shape: str = "",
+            suite: str | None = None):
+    """--vm: omitted or 'golden' (the newest cached golden image of --suite, default bookworm, via the
+    QEMU runner), a golden image folder, or ssh://grader@HOST:PORT for an inventory host (with
+    --known-hosts and --key). A QEMU VM has the shape the lab asks for ([vm] nics)."""
+    from grader.vm.labvm import QemuLabVM, StaticHostVM, find_golden, shape_options
 
+    if suite and not (spec is None or spec == "golden"):
+        raise GraderError(f"--suite {suite} chooses a cached golden image: it cannot be combined with --vm {spec}")
     if spec is None or spec == "golden":
-        return QemuLabVM(progress=_progress, **shape_options(shape))
+        return QemuLabVM(golden=find_golden(suite=suite), progress=_progress, **shape_options(shape))
     if spec.startswith("ssh://"):
         rest = spec[len("ssh://"):]
         user, _, hostport = rest.rpartition("@")
@@ -55,7 +59,7 @@ def grade_command(args) -> int:
     with tempfile.TemporaryDirectory(prefix="copylab-sub-") as tmp:
         sub = materialize(Path(args.submission), lab.files, Path(tmp), Limits(file_bytes=lab.max_file_bytes),
                           lab.optional_files)
-        vm = open_vm(args.vm, args.known_hosts, args.key, lab.vm_shape)
+        vm = open_vm(args.vm, args.known_hosts, args.key, lab.vm_shape, args.suite)
         try:
             _progress(f"grading {args.submission} for {lab.id}")
             outcome = grade(lab, vm, sub, out)
@@ -106,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("lab", help="lab id (labs/<lab>) or path to a lab folder")
     g.add_argument("submission", help="a folder or .tar.gz/.zip archive holding the lab's files")
     g.add_argument("--vm", help="'golden' (default), a golden image folder, or ssh://grader@HOST:PORT")
+    g.add_argument("--suite", choices=SUITE_CHOICES,
+                   help="with --vm golden: the Debian release (kernel) of the lab VM, bookworm (6.1, the default) "
+                        "or trixie (6.12)")
     g.add_argument("--known-hosts", help="known_hosts file with the inventory host's pinned key")
     g.add_argument("--key", help="private key of the grader account (inventory host)")
     g.add_argument("--out", help="folder for result.json and artifacts (default: a new temp folder)")
@@ -120,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--format", choices=("dir", "tar", "git"), default="dir",
                    help="a folder (default), a reproducible .tar.gz, or a folder that is a git repository")
     k.add_argument("--force", action="store_true", help="replace DEST when it exists and is not empty")
-    k.add_argument("--suite", choices=("bookworm", "trixie"),
+    k.add_argument("--suite", choices=SUITE_CHOICES,
                    help="the course's Debian release: bookworm (12, kernel 6.1; the default) or trixie (13, 6.12)")
     args = ap.parse_args(argv)
     command, verb = COMMANDS[args.cmd]

@@ -261,6 +261,14 @@ def pinned_kernels(repo: Path, suite: str | None = None) -> dict[str, str]:
             if isinstance(pin, dict) and isinstance(pin.get("release"), str)}
 
 
+def suite_kernels(repo: Path | None = None) -> dict[str, dict[str, str]]:
+    """Every Debian release lab VMs are built for -> its pinned_kernels, from `repo` (default: the one
+    this package is in); tests/unit/test_doctor.py keeps the manifest equal to the image builder's
+    SUITES and the copylab_kernel role."""
+    repo = repo or Path(__file__).resolve().parents[1]
+    return {suite: pinned_kernels(repo, suite) for suite in _manifest(repo).get("kernels") or {}}
+
+
 def _lab_kernels(repo: Path, labs: list[str]) -> list[str]:
     """[run].kernel of every lab's lab.toml (the README's fallback)."""
     kernels = set()

@@ -172,9 +172,12 @@ def register(app) -> None:
                   help="0: the service's SUBMIT_MAX_PER_ASSIGNMENT")
     @click.option("--cooldown", type=int, default=0, show_default=True,
                   help="seconds between submissions (0: the service's SUBMIT_COOLDOWN_SECONDS)")
-    def add_lab(cohort, lab, deadline, penalty_per_day, penalty_cap, max_submissions, cooldown):
+    @click.option("--suite", default=None,
+                  help="Debian release (kernel) its jobs are graded on: bookworm (6.1) or trixie (6.12); "
+                       "default: the service's POOL_SUITE")
+    def add_lab(cohort, lab, deadline, penalty_per_day, penalty_cap, max_submissions, cooldown, suite):
         """Assign labs/LAB to COHORT with its deadline and policies."""
-        from .labs import available_labs, lab_spec
+        from .labs import available_labs, lab_spec, suite_problem
         from .policy import parse_utc
 
         c = db.session.execute(db.select(Cohort).filter_by(name=cohort)).scalar_one_or_none()
@@ -182,12 +185,16 @@ def register(app) -> None:
             raise click.ClickException(f"no cohort {cohort!r}")
         if lab not in available_labs():
             raise click.ClickException(f"no lab {lab!r} in {current_app.config['LABS_DIR']}")
+        why = suite and suite_problem(lab, suite)
+        if why:
+            raise click.ClickException(f"{lab} cannot be graded on {suite}: {why}")
         a = Assignment(cohort_id=c.id, lab=lab, title=lab_spec(lab).title, deadline=parse_utc(deadline),
                        penalty_per_day=penalty_per_day, penalty_cap=penalty_cap,
-                       max_submissions=max_submissions, cooldown_seconds=cooldown)
+                       max_submissions=max_submissions, cooldown_seconds=cooldown, suite=suite)
         db.session.add(a)
         db.session.commit()
-        click.echo(f"{lab} assigned to {cohort}, due {a.deadline:%Y-%m-%d %H:%M} UTC")
+        on = f", graded on {suite}" if suite else ""
+        click.echo(f"{lab} assigned to {cohort}, due {a.deadline:%Y-%m-%d %H:%M} UTC{on}")
 
     @app.cli.command("grade")
     @click.argument("assignment")

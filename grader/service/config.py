@@ -102,7 +102,10 @@ class Defaults:
                                             # lab.toml; "e1000e-pair": lab 2's two network cards); booted at the
                                             # first job of such a lab
     POOL_GOLDEN = None                      # golden image folder (default: newest of POOL_SUITE in the image cache)
-    POOL_SUITE = "bookworm"                 # the cohort's lab VMs: Debian 12 "bookworm" (kernel 6.1) or 13 "trixie" (6.12)
+    POOL_SUITE = "bookworm"                 # the lab VMs' Debian release: 12 "bookworm" (kernel 6.1) or 13 "trixie"
+                                            # (6.12), for assignments that name none (`add-lab --suite`)
+    POOL_QEMU_SUITES = {}                   # QEMU lab VMs of other releases, for the assignments that name them:
+                                            # {"trixie": {"": 1, "e1000e-pair": 1}} (release -> shape -> count)
     POOL_HOSTS = []                         # inventory hosts: [{"host", "port", "key", "known_hosts", "user"}]
     POOL_VM_DIR = "vms"                     # per-VM overlays and pinned host keys (inside the instance folder)
     POOL_QEMU_USER = "copylab-qemu"         # account QEMU runs as when the worker is root (`make deps` creates

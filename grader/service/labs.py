@@ -18,3 +18,28 @@ def available_labs() -> list[str]:
 
     root = Path(current_app.config["LABS_DIR"])
     return sorted(p.parent.name for p in root.glob("*/lab.toml"))
+
+
+def suite_problem(lab_id: str, suite: str) -> str | None:
+    """Why an assignment of lab_id cannot be graded on Debian release `suite` (None: it can): the
+    release must be one the lab VMs are built for, its x86_64 kernel one the lab spec names, and the
+    pool must hold VMs of it in the lab's shape (POOL_SUITE, POOL_QEMU_SUITES)."""
+    from grader.kit import suite_kernels
+
+    from .pool import DEFAULT_SUITE, qemu_counts
+
+    known = suite_kernels()
+    if suite not in known:
+        return f"no Debian release {suite!r} (known: {', '.join(known)})"
+    spec = lab_spec(lab_id)
+    release = known[suite].get("x86_64")
+    if release not in spec.supported_kernels():
+        return (f"{lab_id} does not run on {suite}'s kernel {release} (its lab.toml [run] names "
+                f"{', '.join(spec.supported_kernels())})")
+    cfg = current_app.config
+    # inventory hosts are plain lab VMs counted as POOL_SUITE's
+    hosts = bool(cfg.get("POOL_HOSTS")) and not spec.vm_shape and suite == (cfg.get("POOL_SUITE") or DEFAULT_SUITE)
+    if not qemu_counts(cfg).get((spec.vm_shape, suite)) and not hosts:
+        return (f"the VM pool has no {suite} lab VM of {lab_id}'s shape {spec.vm_shape!r}: set "
+                f"POOL_QEMU_SUITES = {{{suite!r}: {{{spec.vm_shape!r}: 1}}}} (or POOL_SUITE)")
+    return None

@@ -98,6 +98,9 @@ class Assignment(db.Model):
     # 0: the service's SUBMIT_MAX_PER_ASSIGNMENT / SUBMIT_COOLDOWN_SECONDS (grader/service/policy.py)
     max_submissions: Mapped[int] = mapped_column(Integer, default=0)
     cooldown_seconds: Mapped[int] = mapped_column(Integer, default=0)     # between two submissions
+    # the Debian release (so the kernel) its jobs are graded on: bookworm (6.1), trixie (6.12);
+    # None: the service's POOL_SUITE
+    suite: Mapped[str | None] = mapped_column(String(20), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     cohort = relationship("Cohort", back_populates="assignments")
     extensions = relationship("Extension", back_populates="assignment", cascade="all, delete-orphan")

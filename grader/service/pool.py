@@ -1,7 +1,9 @@
 """A pool of lab VMs: one grading job per VM at a time; a dead VM is replaced before its next job.
 
 Each slot holds VMs of one shape, the shape a lab asks for in its spec ([vm] nics: "" for the plain
-lab VM, "e1000e-pair" for lab 2's two network cards); a job leases a slot of its lab's shape.
+lab VM, "e1000e-pair" for lab 2's two network cards), and of one Debian release (the pool's own, POOL_SUITE,
+or one that POOL_QEMU_SUITES adds for assignments that name it); a job leases a slot of its lab's shape
+and its assignment's release.
 
 Slots are filled lazily from factories (QEMU VMs from the golden image, inventory hosts). QEMU slots
 are persistent: their overlay keeps the clean snapshot, so a restarted worker resumes them in seconds.
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 log = logging.getLogger("grader.pool")
+DEFAULT_SUITE = "bookworm"      # grader.vm.labvm.DEFAULT_SUITE (not imported: this module loads no VM code)
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Slot:
     replaced: int = 0
     busy_with: int | None = field(default=None)
     shape: str = ""        # the lab spec's [vm] nics this slot's VMs have
+    suite: str = DEFAULT_SUITE   # the Debian release of its golden image (bookworm: 6.1, trixie: 6.12)
 
 
 class PoolClosed(Exception):
@@ -35,17 +39,19 @@ class PoolClosed(Exception):
 
 
 class NoVMOfShape(Exception):
-    """The pool has no slot of the VM shape a lab asks for (a configuration problem, not the student's)."""
+    """The pool has no slot of the VM shape and Debian release a job asks for (a configuration problem,
+    not the student's)."""
 
 
 class VMPool:
-    def __init__(self, slots: list[Slot]):
+    def __init__(self, slots: list[Slot], suite: str = DEFAULT_SUITE):
         if not slots:
             raise ValueError("the VM pool is empty: set GRADER_POOL_QEMU_VMS or GRADER_POOL_HOSTS")
         self.slots = slots
-        self._free: dict[str, queue.Queue[Slot]] = {}
+        self.suite = suite      # the release of jobs whose assignment names none
+        self._free: dict[tuple[str, str], queue.Queue[Slot]] = {}
         for s in slots:
-            self._free.setdefault(s.shape, queue.Queue()).put(s)
+            self._free.setdefault((s.shape, s.suite), queue.Queue()).put(s)
         self._closed = threading.Event()
 
     @property
@@ -53,15 +59,18 @@ class VMPool:
         return len(self.slots)
 
     @contextmanager
-    def lease(self, job_id: int | None = None, timeout: float | None = None, shape: str = ""):
-        """Yield a Slot of this VM shape whose ``vm`` is ready for the engine (it acquires/releases the
-        VM itself)."""
+    def lease(self, job_id: int | None = None, timeout: float | None = None, shape: str = "",
+              suite: str | None = None):
+        """Yield a Slot of this VM shape and Debian release (None: the pool's) whose ``vm`` is ready for
+        the engine (it acquires/releases the VM itself)."""
         if self._closed.is_set():
             raise PoolClosed("the VM pool is shut down")
-        free = self._free.get(shape)
+        suite = suite or self.suite
+        free = self._free.get((shape, suite))
         if free is None:
-            raise NoVMOfShape(f"the VM pool has no lab VM of shape {shape!r} (has: "
-                              f"{', '.join(repr(s) for s in sorted(self._free))}); see POOL_QEMU_SHAPES")
+            has = ", ".join(f"{sh!r} on {su}" for sh, su in sorted(self._free))
+            raise NoVMOfShape(f"the VM pool has no lab VM of shape {shape!r} on Debian {suite} (has: {has}); "
+                              f"see POOL_QEMU_SHAPES, POOL_SUITE and POOL_QEMU_SUITES")
         slot = free.get(timeout=timeout)
         slot.busy_with = job_id
         try:
@@ -134,37 +143,61 @@ def check_qemu_account(config: dict, instance_path: str | Path | None):
     return account
 
 
+def qemu_counts(config: dict) -> dict[tuple[str, str], int]:
+    """(shape, Debian release) -> how many QEMU lab VMs: POOL_QEMU_VMS plain ones and POOL_QEMU_SHAPES
+    of POOL_SUITE, and POOL_QEMU_SUITES ({release: {shape: n}}) of the other releases. An unknown shape
+    or release is refused here, not at the first job that asks for it."""
+    from grader.kit import suite_kernels
+    from grader.vm.labvm import shape_options
+
+    default = config.get("POOL_SUITE") or DEFAULT_SUITE
+    wanted = {suite: dict(shapes) for suite, shapes in (config.get("POOL_QEMU_SUITES") or {}).items()}
+    # POOL_QEMU_VMS and POOL_QEMU_SHAPES count POOL_SUITE's VMs
+    wanted[default] = {**wanted.get(default, {}), "": config.get("POOL_QEMU_VMS") or 0,
+                       **(config.get("POOL_QEMU_SHAPES") or {})}
+    known = suite_kernels()
+    counts = {}
+    for suite, shapes in wanted.items():
+        if suite not in known:
+            raise ValueError(f"POOL_SUITE / POOL_QEMU_SUITES: no Debian release {suite!r} (known: "
+                             f"{', '.join(known)})")
+        for shape, n in shapes.items():
+            shape_options(shape)
+            counts[(shape, suite)] = int(n)
+    return counts
+
+
 def pool_from_config(config: dict, progress=None, instance_path: str | Path | None = None) -> VMPool:
-    """QEMU VMs (POOL_QEMU_VMS plain ones and POOL_QEMU_SHAPES of other shapes, from POOL_GOLDEN or
-    the newest cached golden image of POOL_SUITE, as POOL_QEMU_USER, checked against the instance at
-    ``instance_path``) and inventory hosts (POOL_HOSTS, plain shape)."""
+    """QEMU VMs (qemu_counts: from POOL_GOLDEN or the newest cached golden image of each release, as
+    POOL_QEMU_USER, checked against the instance at ``instance_path``) and inventory hosts (POOL_HOSTS,
+    plain shape, counted as POOL_SUITE)."""
     from grader.vm.labvm import QemuLabVM, StaticHostVM, find_golden, shape_options
 
+    default = config.get("POOL_SUITE") or DEFAULT_SUITE
     slots: list[Slot] = []
-    counts = {"": int(config.get("POOL_QEMU_VMS") or 0)}
-    for shape, n in (config.get("POOL_QEMU_SHAPES") or {}).items():
-        shape_options(shape)    # an unknown shape is refused here, not at the first lab 2 job
-        counts[shape] = int(n)
+    counts = qemu_counts(config)
     if any(counts.values()):
-        golden = Path(config["POOL_GOLDEN"]) if config.get("POOL_GOLDEN") else \
-            find_golden(suite=config.get("POOL_SUITE"))
         vmdir = Path(config["POOL_VM_DIR"])
         account = check_qemu_account(config, instance_path)
-        for shape, n in counts.items():
+        goldens: dict[str, Path] = {}
+        for (shape, suite), n in counts.items():
+            if n and suite not in goldens:
+                goldens[suite] = Path(config["POOL_GOLDEN"]) if config.get("POOL_GOLDEN") and suite == default \
+                    else find_golden(suite=suite)
             for i in range(n):
-                # plain VMs keep their names (vm1..): their persistent overlays are resumed by name
-                name = f"vm{i + 1}" if not shape else f"{shape}-vm{i + 1}"
+                # the pool's own plain VMs keep their names (vm1..): persistent overlays are resumed by name
+                name = "-".join(filter(None, (shape, suite if suite != default else "", f"vm{i + 1}")))
 
-                def factory(name=name, shape=shape):
+                def factory(name=name, shape=shape, golden=goldens.get(suite)):
                     return QemuLabVM(golden=golden, workdir=vmdir / name, name=name, persistent=True,
                                      progress=progress, qemu_user=account.name if account.switched else "",
                                      **shape_options(shape))
-                slots.append(Slot(name, factory, shape=shape))
+                slots.append(Slot(name, factory, shape=shape, suite=suite))
     for h in config.get("POOL_HOSTS") or []:
         name = f"{h['host']}:{h.get('port', 22)}"
 
         def hfactory(h=h):
             return StaticHostVM(host=h["host"], port=int(h.get("port", 22)), key=Path(h["key"]),
                                 known_hosts=Path(h["known_hosts"]), user=h.get("user", "grader"))
-        slots.append(Slot(name, hfactory))
-    return VMPool(slots)
+        slots.append(Slot(name, hfactory, suite=default))
+    return VMPool(slots, suite=default)

@@ -93,7 +93,7 @@ class Worker:
             return e.why
         priority = job.priority
         sub = job.submission
-        lab_id = sub.assignment.lab
+        lab_id, suite = sub.assignment.lab, sub.assignment.suite
         storage_key, files = sub.storage_key, sub.files
         hb = Heartbeat(self.app, job_id, token)
         hb.start()
@@ -112,7 +112,7 @@ class Worker:
                 shutil.copyfile(self.store.submission_dir(storage_key) / name, subdir / name)
             outdir = tmp / "out"
             db.session.remove()  # no database connection held while grading
-            with self.pool.lease(job_id, shape=lab.vm_shape) as slot:
+            with self.pool.lease(job_id, shape=lab.vm_shape, suite=suite) as slot:
                 hb.phase = f"grading on {slot.name}"
                 result = self.runner(lab, slot.vm, subdir, outdir)
                 why = vm_fault(slot.vm) or RunOutcome.of_result(result).grader_failure

@@ -47,3 +47,21 @@ def test_shapes_map_to_runner_options():
     assert shape_options("") == {} and shape_options("e1000e-pair") == {"nic_pair": True}
     with pytest.raises(VMError, match="no lab VM shape 'token-ring'"):
         shape_options("token-ring")
+
+
+def test_the_pool_holds_vms_of_each_release_it_is_asked_for():
+    from grader.service.pool import qemu_counts
+
+    cfg = {"POOL_QEMU_VMS": 2, "POOL_QEMU_SHAPES": {"e1000e-pair": 1}, "POOL_SUITE": "bookworm",
+           "POOL_QEMU_SUITES": {"trixie": {"": 1}}}
+    assert qemu_counts(cfg) == {("", "bookworm"): 2, ("e1000e-pair", "bookworm"): 1, ("", "trixie"): 1}
+    with pytest.raises(ValueError, match="no Debian release 'buster'"):
+        qemu_counts({**cfg, "POOL_QEMU_SUITES": {"buster": {"": 1}}})
+    pool = VMPool([Slot("vm1", lambda: StandIn("")), Slot("trixie-vm1", lambda: StandIn(""), suite="trixie")])
+    with pool.lease(1, suite="trixie") as slot:
+        assert slot.name == "trixie-vm1"
+    with pool.lease(2) as slot:                 # no release named: the pool's own
+        assert slot.name == "vm1"
+    with pytest.raises(NoVMOfShape, match="no lab VM of shape 'e1000e-pair' on Debian trixie"):
+        with pool.lease(3, shape="e1000e-pair", suite="trixie"):
+            pass

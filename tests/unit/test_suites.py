@@ -50,3 +50,28 @@ def test_the_golden_key_covers_every_grader_file_provisioning_installs_in_the_vm
     inputs = set(build_image.golden_inputs())
     for name in defaults["copylab_lab_engine_files"] + defaults["copylab_lab_engine_trees"]:
         assert build_image.REPO / "grader" / name in inputs, name
+
+
+def test_the_builder_names_a_kernel_release_the_mirror_does_not_have(tmp_path, capsys, monkeypatch):
+    """debootstrap's refusal of the pinned kernel package (a release the mirror has dropped) becomes one
+    line naming the release, the suite and what to change, and nothing is left in the cache."""
+    import stat
+
+    from provision.image import build_image
+
+    monkeypatch.setattr(build_image.os, "geteuid", lambda: 0)    # root only for the real debootstrap
+    gone = "6.12.99+deb13-amd64"
+    fake = tmp_path / "bin" / "debootstrap"
+    fake.parent.mkdir()
+    # what debootstrap prints when a package of --include is not in the suite's index
+    fake.write_text(f"#!/bin/sh\necho 'E: Couldn'\"'\"'t find these debs: linux-image-{gone} linux-headers-{gone}'\n"
+                    "exit 1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("COPYLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COPYLAB_APT_MIRROR", "http://deb.debian.org/debian")   # never contacted: debootstrap is the fake
+    assert build_image.main(["--suite", "trixie", "--kernel-release", gone, "--stage", "base"]) == 1
+    err = capsys.readouterr().err
+    assert f"kernel release {gone} is not in trixie on the configured mirror (linux-image-{gone} not found)" in err, err
+    assert "COPYLAB_KERNEL_RELEASE" in err
+    assert not [p for p in (tmp_path / "cache" / "images").iterdir() if p.is_dir()]

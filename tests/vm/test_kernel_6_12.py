@@ -4,6 +4,20 @@ holds on the running kernel, and lab 1's solution gets full marks there through 
 
 Everything here runs on one xdist worker (group "trixie") with ONE Debian 13 VM. `make test` builds its
 image in the background while the Debian 12 tests run (cold cache: 17 minutes here under TCG).
+
+Lab 1's held submissions (support/lab1_submissions.py) run on 6.12 where their outcome depends on
+the kernel, on 6.1 only (tests/vm/test_grading.py, test_isolation.py, test_witness_vm.py) where it does not:
+- on both: the solution; `iovec_only` (a module written for 6.1, without the ITER_UBUF branch: full marks on
+  6.1, no user addresses on 6.12); `raw_iov` (reads the iterator's iovec pointer without checking its
+  type: full marks on 6.1, where that pointer is an iovec; on 6.12 the same field holds ITER_UBUF's user
+  address, and the handler's read of it is a kernel crash the grader must recognise in 6.12's oops text);
+  `missing_copy1` (UDP_CORK: the checksumming path and its probe point are facts of each kernel's profile).
+- on 6.1 only: the variants and mistakes decided in user space or in the engine's reading of the records
+  (recvfrom, regs_di on the same x86_64 calling convention, payload_filter through the same iter_user_addr,
+  the skeleton, swapped/%p/handout numbers, forgery, replay, answers), the runner's limits (hangs, huge
+  output, a lingering sender, QEMU killed from outside), a NULL dereference (the crash path is shown on 6.12
+  by raw_iov), and isolation (sudo, leftovers, earlier jobs' files: the account and helper set-up come from
+  the same ansible definition on both releases).
 """
 from __future__ import annotations
 
@@ -14,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.vm.conftest import booted_vm, built_golden, solution_full_marks
+from tests.vm.test_grading import checks, evidence_text, run_kind
 from tests.vm.kernel_facts import profile_mismatches
 
 pytestmark = [pytest.mark.xdist_group("trixie"), pytest.mark.vm]
@@ -37,6 +52,13 @@ def trixie_golden(progress) -> Path:
 def trixie_vm(trixie_golden, progress, tmp_path_factory):
     with booted_vm(trixie_golden, progress, tmp_path_factory.mktemp("trixievm"), "trixie") as vm:
         yield vm
+
+
+@pytest.fixture(scope="module")
+def lab1():
+    from grader.engine.labspec import load_lab
+
+    return load_lab("lab1")
 
 
 @pytest.fixture
@@ -78,6 +100,20 @@ def test_the_6_12_profile_holds_on_the_running_kernel(admin):
     assert profile_mismatches(admin, RELEASE) == []
 
 
+def test_a_module_that_reads_the_iovec_field_of_an_iter_ubuf_crashes_the_vm_not_the_grade(lab1, trixie_vm, tmp_path):
+    """raw_iov dereferences ITER_UBUF's user address as an iovec pointer: the kernel oopses (SMAP), the
+    run's verdict says so, and the next run (the solution, below) starts from the clean snapshot."""
+    result = run_kind(lab1, trixie_vm, tmp_path, "raw_iov")
+    assert result["verdict"] and result["verdict"].startswith("kernel crashed during "), result["verdict"]
+    assert result["environment"]["kernel_release"] == RELEASE
+    crash = (tmp_path / "raw_iov-out" / "crash.txt").read_text()
+    # the user address read from kernel mode: a protection fault (SMAP), not a missing page
+    assert "BUG: unable to handle page fault" in crash and "supervisor read access in kernel mode" in crash, \
+        crash[-2000:]
+    assert not checks(result)["no_kernel_fault"]["passed"]
+    assert result["score"] < result["max_score"]
+
+
 def test_solution_gets_full_marks_on_6_12_through_iter_ubuf(trixie_vm, tmp_path):
     result = solution_full_marks(trixie_vm, tmp_path, RELEASE, "x86_64")
     # the records' user addresses are the programs' own buffers (copy1_record, copy4_record) and agree
@@ -85,3 +121,26 @@ def test_solution_gets_full_marks_on_6_12_through_iter_ubuf(trixie_vm, tmp_path)
     # iter->ubuf branch can have produced them
     passed = {c["name"] for c in result["checks"] if c["passed"]}
     assert {"copy1_record", "copy4_record", "agrees_with_trace"} <= passed
+
+
+def test_a_module_written_for_6_1_finds_no_user_address_on_6_12(lab1, trixie_vm, tmp_path):
+    """iovec_only gets full marks on 6.1 (test_grading.py); on 6.12 its records keep the kernel side
+    and lose the user side: a partial grade that says which address is missing, never full marks."""
+    result = run_kind(lab1, trixie_vm, tmp_path, "iovec_only")
+    c = checks(result)
+    assert result["verdict"] is None
+    assert c["copy1_kernel_side"]["passed"] and c["copy4_kernel_side"]["passed"]
+    for name, side in (("copy1_record", "src"), ("copy4_record", "dest")):
+        text = evidence_text(c[name])
+        assert not c[name]["passed"] and f"{side}=0x0 is not a user-space address" in text, text
+    assert not c["agrees_with_trace"]["passed"]
+    assert result["score"] < result["max_score"]
+
+
+def test_a_corked_sender_is_named_through_the_6_12_checksumming_path(lab1, trixie_vm, tmp_path):
+    """UDP_CORK: copy #1 goes through csum_and_copy_from_iter_full on 6.12 as well, the profile's
+    copylab_tx_csum probe sees it, and the feedback names that path."""
+    result = run_kind(lab1, trixie_vm, tmp_path, "missing_copy1")
+    c = checks(result)["copy1_kernel_side"]
+    text = evidence_text(c)
+    assert not c["passed"] and "csum_and_copy_from_iter" in text, text

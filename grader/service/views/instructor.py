@@ -11,7 +11,7 @@ from .. import batches
 from ..gradebook import (batch_progress, failing_checks, gradebook_csv, histogram, queue_counts, rows,
                          student_results)
 from ..headers import download_name
-from ..labs import available_labs, lab_spec
+from ..labs import available_labs, lab_spec, suite_problem
 from ..models import Assignment, Cohort, Extension, Job, Membership, User, db
 from ..plots import histogram_svg
 from ..policy import parse_utc
@@ -124,12 +124,16 @@ def create_assignment(cohort_id: int):
             deadline = parse_utc(f.get("deadline"))
         except ValueError:
             raise ValueError("the deadline must look like 2026-12-01T23:59 (UTC)") from None
+        suite = f.get("suite") or None
+        why = suite and suite_problem(lab, suite)
+        if why:
+            raise ValueError(why)
         a = Assignment(cohort_id=c.id, lab=lab, title=(f.get("title") or lab_spec(lab).title)[:200],
                        deadline=deadline,
                        penalty_per_day=form_number("penalty_per_day", float, 10.0, 0, 100),
                        penalty_cap=form_number("penalty_cap", float, 50.0, 0, 100),
                        max_submissions=form_number("max_submissions", int, 0, 0, 1_000_000),
-                       cooldown_seconds=form_number("cooldown_seconds", int, 0, 0, 366 * 86400))
+                       cooldown_seconds=form_number("cooldown_seconds", int, 0, 0, 366 * 86400), suite=suite)
     except ValueError as e:
         flash(f"Not created: {e}", "error")
         return redirect(url_for("instructor.cohort", cohort_id=c.id), 303)
