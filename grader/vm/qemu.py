@@ -32,9 +32,11 @@ from pathlib import Path
 from grader.errors import VMError
 
 HOSTKEY_RE = re.compile(r"COPYLAB-HOSTKEY (ssh-ed25519 [A-Za-z0-9+/=]+)")
+# Oopses and panics only. RCU stall and soft-lockup reports are watchdog warnings: under software
+# emulation on a loaded host (and after loadvm, when guest time jumps) a starved vCPU prints them with
+# no fault at all, so they are no crash verdict; a guest that really hangs fails its phase's timeout.
 CRASH_RE = re.compile(
-    r"(BUG: [^\r\n]*|Oops[^\r\n]*|Kernel panic[^\r\n]*|general protection fault[^\r\n]*|"
-    r"watchdog: BUG: soft lockup[^\r\n]*|INFO: rcu_[a-z]+ detected stalls[^\r\n]*)"
+    r"(BUG: (?!soft lockup)[^\r\n]*|Oops[^\r\n]*|Kernel panic[^\r\n]*|general protection fault[^\r\n]*)"
 )
 QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 # QEMU's seccomp filter (QEMU 7.2 on Debian 12 has all four groups): no obsolete system calls, no
