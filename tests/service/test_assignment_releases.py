@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.service.helpers import StandInVM, replay_runner, solution_files
+from support.app import StandInVM, replay_runner
+from support.service import lab_files
 
 
 class ReleaseVM(StandInVM):
@@ -81,7 +82,7 @@ def test_the_worker_grades_each_assignment_on_its_release(app):
         trixie = Assignment(cohort_id=c2.id, lab="lab1", title="lab 1", suite="trixie", deadline=bookworm.deadline)
         db.session.add_all([trixie, Membership(cohort_id=c2.id, user_id=app.ids["bob"])])
         db.session.commit()
-        parts = [UploadPart(n, n, d) for n, d in solution_files().items()]
+        parts = [UploadPart(n, n, d) for n, d in lab_files().items()]
         accept(db.session.get(User, app.ids["alice"]), bookworm, parts, "api")
         accept(db.session.get(User, app.ids["bob"]), trixie, parts, "api")
     Worker(app, pool, runner=runner).drain(timeout=30)

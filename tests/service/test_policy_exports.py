@@ -153,7 +153,7 @@ def test_cli_instructor_path(app, tmp_path, monkeypatch):
         (subs / "S10" / n).write_bytes(d)
     (subs / "S99").mkdir()
     (subs / "S11").mkdir()   # a link where a lab file belongs: refused as the grade CLI refuses it
-    for n, d in solution_files().items():
+    for n, d in lab_files().items():
         (subs / "S11" / n).write_bytes(d)
     (subs / "S11" / "sender.c").unlink()
     (subs / "S11" / "sender.c").symlink_to(subs / "S10" / "sender.c")
