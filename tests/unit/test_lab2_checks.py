@@ -222,3 +222,16 @@ def test_make_check_names_the_card_checks_only_the_official_grader_runs():
     assert [c["name"] for c in official_only(lab, result)] == ["tx_card_read", "rx_card_write"]
     result["host_evidence"]["nic-trace"]["status"] = "ok"
     assert official_only(lab, result) == []
+
+
+def test_make_check_shows_the_grader_only_checks_as_such_without_a_hint():
+    """A check only the official grader can run is not the student's fault: make check's text says
+    GRADER ONLY and leaves out the hint, which would send them looking for a bug in their pa=."""
+    from grader.engine.result import build_result, render_text
+
+    run = lab2_run(card=False)
+    result = build_result(run, run_checks(LAB.checks, run), max_score=100)
+    text = render_text(result, frozenset({"tx_card_read", "rx_card_write"}))
+    assert "[GRADER ONLY] tx_card_read (0/15)" in text and "[GRADER ONLY] rx_card_write (0/15)" in text
+    assert "[FAIL]" not in text and "hint: pa=" not in text
+    assert "[FAIL] tx_card_read" in render_text(result) and "hint: pa=" in render_text(result)
