@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(result, indent=2))
     else:
-        print(render_text(result))
+        print(render_text(result, frozenset(c["name"] for c in elsewhere)))
         if elsewhere:
             points = sum(c["max_points"] for c in elsewhere)
             print(f"\nonly the official grader runs {', '.join(c['name'] for c in elsewhere)} ({points} "

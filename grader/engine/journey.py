@@ -78,6 +78,15 @@ class Copy:
     how: str
     src_addr: int | None = None
     dest_addr: int | None = None
+    title: str = ""       # a copy the narrative does not number (lab 2's copybreak)
+
+    @property
+    def name(self) -> str:
+        return self.title or f"copy #{self.number}"
+
+    @property
+    def tag(self) -> str:
+        return self.title or f"#{self.number}"
 
 
 @dataclass
@@ -172,6 +181,12 @@ def _addresses(row: dict | None) -> list[int | None]:
     return out
 
 
+def _hexes(row: dict | None) -> list[int]:
+    """Every address of a trace_table location, in order ("skb->data A (pa P)" gives A and P)."""
+    text = row.get("location") if row else None
+    return [int(h, 16) for h in HEX.findall(text)] if isinstance(text, str) else []
+
+
 def _length(row: dict | None) -> int | None:
     text = row.get("data") if row else None
     m = LEN.search(text) if isinstance(text, str) else None
@@ -185,38 +200,80 @@ def _at(values: list[int | None], i: int) -> int | None:
 def lab1_journey(result: dict) -> Journey:
     """Lab 1's three places and two copies from a result document (grader/engine/result.py)."""
     result = result if isinstance(result, dict) else {}
-    regions, split_from = halves(result.get("environment"))
     rows = _rows(result)
     c1, c4 = _addresses(rows.get(3)), _addresses(rows.get(6))
     skb = _at(c1, 1) if _at(c1, 1) is not None else _at(_addresses(rows.get(4)), 0)
     specs = [
-        ("sender", "sender's buffer", "user", _at(_addresses(rows.get(1)), 0),
+        ("sender", "sender's buffer", "user", _at(_addresses(rows.get(1)), 0), None,
          "no sender output and no [COPY1] src"),
-        ("skb", "skb data", "kernel", skb, "no [COPY1] dest and no trace of the skb"),
-        ("receiver", "receiver's buffer", "user", _at(_addresses(rows.get(7)), 0),
+        ("skb", "skb data", "kernel", skb, None, "no [COPY1] dest and no trace of the skb"),
+        ("receiver", "receiver's buffer", "user", _at(_addresses(rows.get(7)), 0), None,
          "no receiver output and no [COPY4] dest"),
     ]
-    missing = [] if regions else [f"address halves unknown: {split_from}"]
-    wrong, places = [], []
-    for key, label, expected, addr, why_unknown in specs:
-        place = _place(key, label, expected, addr, regions)
-        places.append(place)
-        if addr is None:
-            missing.append(f"{label}: address unknown ({why_unknown})")
-        elif place.problem:
-            wrong.append(f"{label}: {place.problem}")
     copies = [Copy(1, "sender", "skb", _length(rows.get(3)), "_copy_from_iter during sendto()",
                    _at(c1, 0), _at(c1, 1)),
               Copy(4, "skb", "receiver", _length(rows.get(6)), "_copy_to_iter during recv()",
                    _at(c4, 0), _at(c4, 1))]
+    return _journey(result, specs, copies)
+
+
+def lab2_journey(result: dict) -> Journey:
+    """Lab 2's places from its trace_table (grader/engine/result.py wire_table): the frame's
+    buffers at the addresses of the [TX], [RX] and [COPYBREAK] records, with their physical
+    addresses, and the card between them. The frame starts 42 header bytes before the payload, so
+    copies #1 and #4 are compared with these buffers on their user side only (the checks compare
+    the kernel side)."""
+    result = result if isinstance(result, dict) else {}
+    rows = _rows(result)
+    tx, rx, brk = _hexes(rows.get(3)), _hexes(rows.get(5)), _addresses(rows.get(6))
+    c1, c4 = _addresses(rows.get(2)), _addresses(rows.get(7))
+    copied = _at(brk, 1) is not None
+    specs = [
+        ("sender", "sender's buffer", "user", _at(_addresses(rows.get(1)), 0), None,
+         "no sender output"),
+        ("tx", "frame sent", "kernel", _at(tx, 0), _at(tx, 1), "no [TX] record"),
+        ("card", "the cards", "card", None, None, None),
+        ("rx", "receive buffer", "kernel", _at(rx, 0), _at(rx, 1), "no [RX] record"),
+    ]
+    if copied:
+        specs.append(("copy", "copybreak skb", "kernel", _at(brk, 1), None, ""))
+    specs.append(("receiver", "receiver's buffer", "user", _at(_addresses(rows.get(8)), 0), None,
+                  "no receiver output"))
+    card_len = _length(rows.get(4))
+    copies = [Copy(1, "sender", "tx", _length(rows.get(2)), "_copy_from_iter during sendto()",
+                   _at(c1, 0)),
+              Copy(2, "tx", "card", card_len or _length(rows.get(3)), "DMA: the sending card reads RAM"),
+              Copy(3, "card", "rx", _length(rows.get(5)), "DMA: the receiving card writes RAM")]
+    if copied:
+        copies.append(Copy(0, "rx", "copy", _length(rows.get(6)), "the driver's CPU copy",
+                           _at(brk, 0), _at(brk, 1), title="copybreak"))
+    copies.append(Copy(4, "copy" if copied else "rx", "receiver", _length(rows.get(7)),
+                       "_copy_to_iter during recv()", None, _at(c4, 1)))
+    return _journey(result, specs, copies)
+
+
+def _journey(result: dict, specs: list[tuple], copies: list[Copy]) -> Journey:
+    """The journey of places (key, label, expected band, address, physical address, why the address
+    may be unknown: None when a place has none) and the copies between them, with what is missing
+    and what lies somewhere unexpected."""
+    regions, split_from = halves(result.get("environment"))
+    missing = [] if regions else [f"address halves unknown: {split_from}"]
+    wrong, places = [], []
+    for key, label, expected, addr, physical, why_unknown in specs:
+        place = _place(key, label, expected, addr, regions, physical)
+        places.append(place)
+        if addr is None and why_unknown is not None:
+            missing.append(f"{label}: address unknown ({why_unknown})")
+        elif place.problem:
+            wrong.append(f"{label}: {place.problem}")
     by_key = {p.key: p for p in places}
     for c in copies:
         if c.length is None:
-            missing.append(f"copy #{c.number}: no length recorded")
+            missing.append(f"{c.name}: no length recorded")
         for side, addr, place in (("read from", c.src_addr, by_key[c.src]),
                                   ("wrote to", c.dest_addr, by_key[c.dest])):
             if addr is not None and place.address is not None and addr != place.address:
-                wrong.append(f"copy #{c.number} {side} {hex16(addr)}, not the {place.label} "
+                wrong.append(f"{c.name} {side} {hex16(addr)}, not the {place.label} "
                              f"({hex16(place.address)})")
     message = result.get("message")
     n = len(message.encode()) if isinstance(message, str) else None
@@ -226,23 +283,26 @@ def lab1_journey(result: dict) -> Journey:
                    split_from, missing, wrong)
 
 
-def _place(key: str, label: str, expected: str, addr: int | None, regions: list[Region]) -> Place:
+def _place(key: str, label: str, expected: str, addr: int | None, regions: list[Region],
+           physical: int | None = None) -> Place:
     if addr is None or not regions:
-        return Place(key, label, expected, addr, None)
+        return Place(key, label, expected, addr, None, physical=physical)
     where = next((r for r in regions if r.holds(addr)), None)
     want = next((r for r in regions if r.key == expected), None)
     if where is None:
-        return Place(key, label, expected, addr, "", "the address lies in neither half")
+        return Place(key, label, expected, addr, "", "the address lies in neither half", physical)
     if want is not None and where.key != want.key:
         return Place(key, label, expected, addr, where.key,
-                     f"the address lies in the {where.label}, not the {want.label}")
-    return Place(key, label, expected, addr, where.key)
+                     f"the address lies in the {where.label}, not the {want.label}", physical)
+    return Place(key, label, expected, addr, where.key, physical=physical)
 
 
 def journey_from_result(result: dict) -> Journey:
-    """The journey of any result document: every lab's trace_table has lab 1's seven steps so far;
-    a lab that draws more places gets a builder of its own here."""
-    return lab1_journey(result)
+    """The journey of any result document, by the shape of its trace_table: lab 2's eight steps
+    (the network cards' side) or lab 1's seven."""
+    rows = result.get("trace_table") if isinstance(result, dict) else None
+    wire = isinstance(rows, list) and any(isinstance(r, dict) and "card" in r for r in rows)
+    return lab2_journey(result) if wire else lab1_journey(result)
 
 
 # --- renderers -------------------------------------------------------------------------------------
@@ -266,7 +326,7 @@ def _bands(j: Journey) -> list[tuple[str, str]]:
 
 def _copy_line(j: Journey, c: Copy) -> str:
     length = "?" if c.length is None else c.length
-    return (f"copy #{c.number}: {j.place(c.src).label} -> {j.place(c.dest).label}, "
+    return (f"{c.name}: {j.place(c.src).label} -> {j.place(c.dest).label}, "
             f"{length} bytes ({c.how})")
 
 
@@ -324,7 +384,7 @@ def _arrow_row(j: Journey, upper: int, band_index: dict, col: dict, label_w: int
         if {a, b} != {upper, upper + 1}:
             continue
         mid = label_w + (col[c.src] + col[c.dest]) * col_w // 2 + col_w // 2 - 3
-        token = f"#{c.number} /" if a > b else f"\\ #{c.number}"
+        token = f"{c.tag} /" if a > b else f"\\ {c.tag}"
         row[mid:mid + len(token)] = token
     return "".join(row)
 
@@ -401,7 +461,7 @@ def render_svg(j: Journey, id_prefix: str = "journey") -> str:
                    f'marker-end="url(#{pid}-arrow)"/>'
                    f'<text x="{(x1 + x2) / 2:.0f}" y="{(y1 + y2) / 2 + 5:.0f}" text-anchor="middle" '
                    f'font-weight="bold" stroke="#fff" stroke-width="4" paint-order="stroke">'
-                   f'{e(f"copy #{c.number}: {length} bytes")}</text></g>')
+                   f'{e(f"{c.name}: {length} bytes")}</text></g>')
     y = TOP + BAND_H * len(bands) + 20
     for line in notes(j):
         colour = "#b3261e" if line.startswith(("missing", "unexpected")) else "#1d1d1f"

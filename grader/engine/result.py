@@ -207,7 +207,9 @@ def render_table(rows: list[dict]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def render_text(result: dict) -> str:
+def render_text(result: dict, grader_only: frozenset[str] = frozenset()) -> str:
+    """The result as text. grader_only: checks this machine cannot run (make check names them):
+    shown as such, without a hint that would send the student looking for a fault in their code."""
     lines = [f"copylab {result['lab']} run {result.get('run_id', '')}: "
              f"{result['score']}/{result['max_score']} points"]
     if result.get("questions"):
@@ -217,12 +219,14 @@ def render_text(result: dict) -> str:
         lines.append(f"VERDICT: {result['verdict']}")
     lines.append("")
     for c in result["checks"]:
-        status = "PASS" if c["passed"] else ("SKIP" if c.get("skipped_because") else "FAIL")
+        not_here = c["name"] in grader_only
+        status = ("PASS" if c["passed"] else "GRADER ONLY" if not_here
+                  else "SKIP" if c.get("skipped_because") else "FAIL")
         lines.append(f"[{status}] {c['name']} ({c['points']}/{c['max_points']})"
                      + (f" - {c['title']}" if c.get("title") else ""))
         for e in c["evidence"]:
             lines.append(f"    {MARK_SYMBOL.get(e['mark'], ' ')} {e['text']}")
-        if not c["passed"] and c.get("hint"):
+        if not c["passed"] and c.get("hint") and not not_here:
             lines.append(f"    hint: {c['hint']}")
     lines.append("")
     lines.append("phases: " + ", ".join(f"{p['name']} {p['status']} {p['duration_s']:.1f}s"

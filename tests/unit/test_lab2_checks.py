@@ -173,6 +173,29 @@ def test_the_journey_shows_the_guests_and_the_cards_side_with_this_runs_addresse
     assert rows[3]["card"] == "?"           # no hypervisor view: unknown, not absent
 
 
+def test_the_journey_picture_draws_the_frames_buffers_with_their_physical_addresses():
+    """make check's picture of a correct lab 2 run: every buffer in its half, nothing named as
+    unexpected, the copybreak skb only when the driver copied."""
+    from grader.engine.journey import journey_from_result
+    from grader.engine.journey import render_text as picture
+    from grader.engine.result import build_result
+
+    for cb in (256, 0):
+        run = lab2_run(copybreak=cb)
+        j = journey_from_result(build_result(run, run_checks(LAB.checks, run), max_score=100))
+        assert not j.wrong and not j.missing, (j.wrong, j.missing)
+        by_key = {p.key: p for p in j.places}
+        assert by_key["tx"].physical == TX_PA and by_key["rx"].physical == RX_PA
+        assert by_key["tx"].address == BASE + TX_PA and by_key["rx"].region == "kernel"
+        assert by_key["sender"].address == SBUF and by_key["receiver"].address == RBUF
+        assert ("copy" in by_key) == bool(cb)
+        names = [c.name for c in j.copies]
+        assert names == ["copy #1", "copy #2", "copy #3"] + (["copybreak"] if cb else []) + ["copy #4"]
+        text = picture(j)
+        assert f"0x{TX_PA:016x}" in text and "unexpected" not in text
+        assert ("copybreak: receive buffer -> copybreak skb, 60 bytes" in text) == bool(cb)
+
+
 def test_a_card_buffer_freed_before_the_hypervisor_read_it_is_found_through_the_guest_trace():
     run = lab2_run(copybreak=0)
     rx = run.card.of("nic_rx")[-1]
@@ -199,3 +222,16 @@ def test_make_check_names_the_card_checks_only_the_official_grader_runs():
     assert [c["name"] for c in official_only(lab, result)] == ["tx_card_read", "rx_card_write"]
     result["host_evidence"]["nic-trace"]["status"] = "ok"
     assert official_only(lab, result) == []
+
+
+def test_make_check_shows_the_grader_only_checks_as_such_without_a_hint():
+    """A check only the official grader can run is not the student's fault: make check's text says
+    GRADER ONLY and leaves out the hint, which would send them looking for a bug in their pa=."""
+    from grader.engine.result import build_result, render_text
+
+    run = lab2_run(card=False)
+    result = build_result(run, run_checks(LAB.checks, run), max_score=100)
+    text = render_text(result, frozenset({"tx_card_read", "rx_card_write"}))
+    assert "[GRADER ONLY] tx_card_read (0/15)" in text and "[GRADER ONLY] rx_card_write (0/15)" in text
+    assert "[FAIL]" not in text and "hint: pa=" not in text
+    assert "[FAIL] tx_card_read" in render_text(result) and "hint: pa=" in render_text(result)

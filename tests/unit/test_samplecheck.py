@@ -108,3 +108,18 @@ def test_the_lab1_handout_has_a_sample_block():
     sample = sc.sample_of(text, "labs/lab1/README.md")
     assert "\ncopylab lab1 run " in sample and "100/100 points" in sample
     assert "questions (answers file, scored apart): 0/10 points" in sample   # the template, unanswered
+
+
+def test_lab2_runs_differ_only_in_what_changes_per_run_and_its_handout_has_a_sample():
+    """Lab 2's receiver listens on the second card's address, and net-status counts the cards'
+    packets since boot: both change per run."""
+    run = ('{"nics": [{"rx_packets": 9, "tx_packets": 20}], "ready": true}\n'
+           "    + receiver: listening on 169.254.10.2:51530\n"
+           '    + sender: sent 16 bytes "X" to 169.254.10.2:51530\n')
+    other = run.replace("51530", "39953").replace('"rx_packets": 9', '"rx_packets": 27')
+    assert sc.differences(run, other) == []
+    assert sc.differences(run, other.replace("ready", "up")) != []
+    text = (ROOT / "labs" / "lab2" / "README.md").read_text()
+    sample = sc.sample_of(text, "labs/lab2/README.md")
+    assert "\ncopylab lab2 run " in sample and "70/100 points" in sample
+    assert "[GRADER ONLY] tx_card_read" in sample and "unexpected" not in sample

@@ -152,15 +152,27 @@ def nic_lab_vm(golden, progress, tmp_path_factory):
     vm.close()
 
 
-@pytest.fixture
-def admin_ssh(lab_vm, golden_manifest):
-    """Run a command in the shared VM as the image's admin account (sudo), through OpenSSH."""
+def admin_ssh_to(vm, manifest: dict):
+    """A function that runs a command in vm (a QemuLabVM) as the image's admin account (sudo),
+    through OpenSSH."""
     def run(command: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-        cmd = ["ssh", "-i", golden_manifest["admin_key_path"], "-p", str(lab_vm.vm.ssh_port),
-               "-o", f"UserKnownHostsFile={lab_vm.vm.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+        cmd = ["ssh", "-i", manifest["admin_key_path"], "-p", str(vm.vm.ssh_port),
+               "-o", f"UserKnownHostsFile={vm.vm.known_hosts}", "-o", "StrictHostKeyChecking=yes",
                "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "copylab@127.0.0.1", command]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if check:
             assert r.returncode == 0, f"{command!r} failed ({r.returncode}): {r.stderr}{r.stdout}"
         return r
     return run
+
+
+@pytest.fixture
+def admin_ssh(lab_vm, golden_manifest):
+    """Run a command in the shared VM as the image's admin account (sudo), through OpenSSH."""
+    return admin_ssh_to(lab_vm, golden_manifest)
+
+
+@pytest.fixture
+def nic_admin_ssh(nic_lab_vm, golden_manifest):
+    """admin_ssh for the lab VM of lab 2's shape."""
+    return admin_ssh_to(nic_lab_vm, golden_manifest)
