@@ -131,18 +131,21 @@ def root_facts(symbols: list[str]) -> dict:
     return helper_json("doctor", *symbols)
 
 
-def cards_present(status: dict) -> bool:
-    return bool(status.get("nics")) and all(n.get("present") for n in status["nics"])
+def cards_usable(status: dict, driver: str) -> bool:
+    """Both cards are there, driven by the lab's driver."""
+    return bool(status.get("nics")) and all(n.get("present") and n.get("driver") == driver
+                                            for n in status["nics"])
 
 
 def network_probes(manifest: dict, networks: dict) -> dict:
     """lab -> the helper's doctor answers for the lab's own probe points (two symbols per self-test),
-    looked at only when the lab's cards are there (a driver's symbols exist only with its cards)."""
+    looked at only when the lab's cards are there with their driver (a driver's symbols exist only
+    with its cards; another driver may have functions of the same names)."""
     out = {}
     for lab, net in manifest.get("lab_networks", {}).items():
         syms = net["probe_symbols"]
         out[lab] = ([root_facts(syms[i:i + 2]) for i in range(0, len(syms), 2)]
-                    if cards_present(networks.get(lab, {})) else [])
+                    if cards_usable(networks.get(lab, {}), net["driver"]) else [])
     return out
 
 
@@ -356,7 +359,16 @@ def _network_findings(lab: str, net: dict, st: dict, probes: list[dict], rel: st
         return [warn(f"{lab} cards", f"no {net['driver']} card with MAC {', '.join(missing) or 'any'}: {lab} "
                      f"needs two cards joined to each other",
                      "on the host: vagrant reload   (the kit's Vagrantfile gives the VM both cards)")]
-    names = ", ".join(f"{n['name']} ({n['mac']})" for n in st["nics"])
+    other = [f"{n['name']} ({n['mac']}) is driven by {n.get('driver') or 'no driver'}"
+             for n in st["nics"] if n.get("driver") != net["driver"]]
+    if other:
+        return [warn(f"{lab} cards", f"{lab} needs Intel 82574L cards driven by {net['driver']}, but "
+                     f"{' and '.join(other)}: the lab's probe points, its copybreak and the grader's view of "
+                     f"the cards are {net['driver']}'s, so {lab} cannot be done in this VM (the other labs can). "
+                     f"VirtualBox has no 82574L: its Intel cards are 8254x models, driven by e1000",
+                     f"do {lab} in a libvirt VM (on Linux: vagrant up --provider=libvirt), which has the "
+                     f"{net['driver']} cards; the official grader runs {lab} on them too")]
+    names = ", ".join(f"{n['name']} ({n['mac']}, {n['driver']})" for n in st["nics"])
     out = [ok(f"{lab} cards", names), _network_probe_finding(lab, net, probes, rel)]
     if st.get("ready"):
         where = "; ".join(f"{n['addresses'][0]} on {n['name']}" + (f" in {n['namespace']}" if n["namespace"] else "")

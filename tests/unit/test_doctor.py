@@ -39,7 +39,7 @@ LAB2 = MANIFEST["lab_networks"]["lab2"]
 
 def lab2_status(ready: bool = True) -> dict:
     """The helper's net-status of a VM with lab 2's two cards, after `make net` when ready."""
-    nics = [{"role": role, "mac": mac, "want": want, "present": True, "name": name,
+    nics = [{"role": role, "mac": mac, "want": want, "present": True, "name": name, "driver": "e1000e",
              "namespace": ns if ready else "", "up": ready, "carrier": ready,
              "addresses": [want] if ready else [], "rx_packets": 3, "tx_packets": 3}
             for role, (mac, want), name, ns in zip(("sender", "receiver"), LAB2["cards"].items(),
@@ -159,6 +159,25 @@ def test_lab2_without_the_cards_warns_with_the_vagrant_fix_and_skips_their_probe
     f["networks"]["lab2"] = {"error": "sudo: a password is required"}
     net = by_check(doctor.evaluate_vm(f, MANIFEST))["lab2 network"]
     assert net.status == "warn" and "password" in net.detail
+
+
+def test_lab2_on_virtualboxs_e1000_cards_is_refused_with_the_reason_and_skips_their_probes():
+    """VirtualBox's 82545EM cards carry the lab's MACs but are driven by e1000: a probe on its
+    e1000_xmit_frame would register, so only the driver tells that lab 2 cannot run there."""
+    f = good_vm_facts()
+    for n in f["networks"]["lab2"]["nics"]:
+        n["driver"] = "e1000"
+    assert doctor.network_probes(MANIFEST, f["networks"]) == {"lab2": []}  # the helper is not asked
+    findings = by_check(doctor.evaluate_vm(f, MANIFEST))
+    cards = findings["lab2 cards"]
+    assert cards.status == "warn" and not failing(findings.values())  # lab 1 works on these VMs
+    assert "eth1 (52:54:00:00:0a:01) is driven by e1000 and eth2 (52:54:00:00:0b:01) is driven by e1000" \
+        in cards.detail
+    assert "lab2 cannot be done in this VM" in cards.detail and "VirtualBox has no 82574L" in cards.detail
+    assert "vagrant up --provider=libvirt" in cards.fix
+    assert "lab2 probes" not in findings and "lab2 network" not in findings
+    ok_cards = by_check(doctor.evaluate_vm(good_vm_facts(), MANIFEST))["lab2 cards"]
+    assert ok_cards.status == "ok" and "eth1 (52:54:00:00:0a:01, e1000e)" in ok_cards.detail
 
 
 def test_lab2_network_not_set_up_is_a_warning_naming_make_net():

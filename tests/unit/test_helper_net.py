@@ -19,8 +19,9 @@ def helper(*args, env=None):
                           env=env)
 
 
-def link(name, mac, flags, addrs=(), rx=0, tx=0):
+def link(name, mac, flags, addrs=(), rx=0, tx=0, dev=None):
     return {"ifname": name, "address": mac, "flags": list(flags),
+            **({"parentbus": "pci", "parentdev": dev} if dev else {}),
             "addr_info": [{"family": "inet", "local": a.split("/")[0], "prefixlen": int(a.split("/")[1])}
                           for a in addrs],
             "stats64": {"rx": {"packets": rx}, "tx": {"packets": tx}}}
@@ -28,7 +29,7 @@ def link(name, mac, flags, addrs=(), rx=0, tx=0):
 
 @pytest.fixture
 def fake_ip(tmp_path):
-    """An `ip` on PATH that answers `netns list` and `-j -s addr show` from JSON files per namespace."""
+    """An `ip` on PATH that answers `netns list` and `-j -s -d addr show` from JSON files per namespace."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     state = tmp_path / "state"
@@ -42,7 +43,7 @@ if a[:1] == ["-n"]:
     ns, a = a[1], a[2:]
 if a == ["netns", "list"]:
     print("copylab-rx (id: 0)" if (st / "copylab-rx.json").exists() else "")
-elif a[:4] == ["-j", "-s", "addr", "show"]:
+elif a[:5] == ["-j", "-s", "-d", "addr", "show"]:
     print((st / ((ns or "root") + ".json")).read_text())
 else:
     sys.exit(2)
@@ -120,3 +121,55 @@ def test_net_run_time_limit_is_whole_seconds():
 def test_unload_knows_both_labs_modules_and_nothing_else():
     r = helper("unload", "e1000e")
     assert r.returncode == 2 and "only ['copytrace', 'wiretrace'] can be unloaded" in r.stderr
+
+
+def load_helper():
+    """The helper as a module (it is a script without .py): its functions under a stand-in sysfs."""
+    from importlib.machinery import SourceFileLoader
+    from importlib.util import module_from_spec, spec_from_loader
+
+    spec = spec_from_loader("copylab_helper", SourceFileLoader("copylab_helper", str(HELPER)))
+    mod = module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def helper_with_cards(fake_ip, tmp_path, monkeypatch):
+    """The helper module over the stand-in `ip` and a stand-in /sys/bus whose two PCI functions, the
+    lab's cards, are bound to the driver a test names."""
+    env, set_links = fake_ip
+    monkeypatch.setenv("PATH", env["PATH"])  # the stand-in ip refuses every command that would change a link
+    bus = tmp_path / "sysbus"
+
+    def cards(driver: str, flags=("BROADCAST",)):
+        devs = ("0000:00:1c.0", "0000:00:1d.0")
+        (bus / "pci" / "drivers" / driver).mkdir(parents=True)
+        for dev in devs:
+            (bus / "pci" / "devices" / dev).mkdir(parents=True)
+            (bus / "pci" / "devices" / dev / "driver").symlink_to(bus / "pci" / "drivers" / driver)
+        set_links([link(name, mac, flags, dev=dev)
+                   for name, mac, dev in zip(("eth1", "eth2"), ("52:54:00:00:0a:01", "52:54:00:00:0b:01"), devs)])
+        h = load_helper()
+        monkeypatch.setattr(h, "SYS_BUS", str(bus))
+        return h
+    return cards
+
+
+def test_net_status_names_each_cards_driver_from_its_parent_device(helper_with_cards):
+    h = helper_with_cards("e1000e", ("UP",))
+    assert [n["driver"] for n in h.net_status()["nics"]] == ["e1000e", "e1000e"]
+    # no parent device named, or a name that is no sysfs entry: no driver, nothing read outside the bus
+    assert h.card_driver(link("eth1", "52:54:00:00:0a:01", ())) is None
+    assert h.card_driver(link("eth1", "52:54:00:00:0a:01", (), dev="../../../etc")) is None
+
+
+def test_net_up_refuses_cards_of_another_driver_before_touching_anything(helper_with_cards):
+    """VirtualBox's 82545EM cards (driver e1000) have the lab's MACs but not its driver."""
+    h = helper_with_cards("e1000")
+    with pytest.raises(h.Refused) as e:
+        h.net_up(256)
+    assert e.value.code == 3
+    assert ("lab 2 needs Intel 82574L cards driven by e1000e, but eth1 (52:54:00:00:0a:01) is driven by e1000 "
+            "and eth2 (52:54:00:00:0b:01) is driven by e1000") in str(e.value)
+    assert "VirtualBox has no 82574L" in str(e.value)
