@@ -16,10 +16,20 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 log = logging.getLogger("grader.pool")
 DEFAULT_SUITE = "bookworm"      # grader.vm.labvm.DEFAULT_SUITE (not imported: this module loads no VM code)
+
+
+@runtime_checkable
+class PersistentVM(Protocol):
+    """A pooled VM that keeps state between jobs (QemuLabVM's overlay and clean snapshot): one that
+    never got prepared is unhealthy, and replacing it must discard that state, not keep it for a
+    restarted worker to resume."""
+    prepared: bool
+
+    def discard(self) -> None: ...
 
 
 @dataclass
@@ -86,7 +96,7 @@ class VMPool:
 
     @staticmethod
     def _healthy(vm) -> bool:
-        if not getattr(vm, "prepared", True):
+        if isinstance(vm, PersistentVM) and not vm.prepared:
             return False
         try:
             return bool(vm.alive())
@@ -99,7 +109,7 @@ class VMPool:
         slot.replaced += 1
         if vm is not None:
             try:
-                (getattr(vm, "discard", None) or vm.close)()
+                vm.discard() if isinstance(vm, PersistentVM) else vm.close()
             except Exception as e:  # noqa: BLE001
                 log.warning("VM %s did not shut down cleanly: %s", slot.name, e)
 

@@ -65,3 +65,33 @@ def test_the_pool_holds_vms_of_each_release_it_is_asked_for():
     with pytest.raises(NoVMOfShape, match="no lab VM of shape 'e1000e-pair' on Debian trixie"):
         with pool.lease(3, shape="e1000e-pair", suite="trixie"):
             pass
+
+
+class Persistent(StandIn):
+    """Keeps state between jobs like QemuLabVM: replacing it discards that state."""
+
+    def __init__(self):
+        super().__init__("")
+        self.prepared, self.discarded, self.closed = True, False, False
+
+    def discard(self):
+        self.discarded = True
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_vm_that_lost_its_preparation_is_replaced_and_its_state_discarded():
+    from grader.service.pool import PersistentVM
+    from grader.vm.labvm import QemuLabVM
+
+    assert hasattr(QemuLabVM, "discard")   # the pool's PersistentVM: QemuLabVM.__init__ sets prepared
+    first = Persistent()
+    made = iter([first, Persistent()])
+    pool = VMPool([Slot("vm1", lambda: next(made))])
+    assert isinstance(first, PersistentVM) and not isinstance(StandIn(""), PersistentVM)
+    with pool.lease(1) as slot:
+        slot.vm.prepared = False          # e.g. its reset failed
+    assert first.discarded and not first.closed and pool.slots[0].replaced == 1
+    with pool.lease(2) as slot:
+        assert slot.vm is not first and slot.vm.prepared
