@@ -195,6 +195,10 @@ class Stage:
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # the cache holds the grader's keys and the images QEMU only gets as descriptors: no other
+        # account (QEMU's, a build's) needs a path into it, wherever COPYLAB_CACHE points
+        if self.path.parent.stat().st_uid == os.geteuid():
+            os.chmod(self.path.parent, 0o700)
         self._lock = open(self.path.with_name(self.path.name + ".lock"), "w")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -90,16 +90,20 @@ def test_two_workers_over_redis_grade_each_job_once(pg_app):
             expected.append(submit(pg_app, user, kind="regrade"))
     live = [submit(pg_app, "alice"), submit(pg_app, "bob")]
     calls_a, calls_b = [], []
-    b_started = threading.Event()
-    run_a, run_b = replay_runner(delay=0.2, calls=calls_a), replay_runner(delay=0.2, calls=calls_b)
+    both = threading.Barrier(2, timeout=60)
 
-    def runner_a(*args):          # host A holds its first job until host B has one: both hosts work
-        b_started.wait(30)
-        return run_a(*args)
+    def holding_its_first_job(run):
+        """Each host holds its first job until the other host has one too: both hosts work, however
+        late one host's consumer starts polling on a loaded machine."""
+        first = [True]
 
-    def runner_b(*args):
-        b_started.set()
-        return run_b(*args)
+        def runner(*args):
+            if first and first.pop():
+                both.wait()
+            return run(*args)
+        return runner
+    runner_a = holding_its_first_job(replay_runner(delay=0.2, calls=calls_a))
+    runner_b = holding_its_first_job(replay_runner(delay=0.2, calls=calls_b))
     wa = make_worker(pg_app, runner_a)
     wb = make_worker(pg_app, runner_b)
     wa.name, wb.name = "host-a", "host-b"

@@ -75,3 +75,13 @@ def test_the_builder_names_a_kernel_release_the_mirror_does_not_have(tmp_path, c
     assert f"kernel release {gone} is not in trixie on the configured mirror (linux-image-{gone} not found)" in err, err
     assert "COPYLAB_KERNEL_RELEASE" in err
     assert not [p for p in (tmp_path / "cache" / "images").iterdir() if p.is_dir()]
+
+
+def test_the_image_cache_is_closed_to_other_accounts_wherever_it_points(tmp_path, monkeypatch):
+    from provision.image import build_image
+
+    monkeypatch.setenv("COPYLAB_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "images").mkdir(parents=True, mode=0o755)
+    with build_image.Stage(build_image.cache_root() / "golden-test"):
+        pass
+    assert (build_image.cache_root().stat().st_mode & 0o777) == 0o700
