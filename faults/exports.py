@@ -16,15 +16,14 @@ import csv
 import io
 import os
 import subprocess
-import sys
 import time
 import urllib.parse
 from pathlib import Path
 
 from faults.report import Figure, ratio, zero
+from grader.service.processes import run_flask
 from support.http import Client, csrf_of, multipart, urlencoded
 
-REPO = Path(__file__).resolve().parents[1]
 PART = "exports"
 FORMULA_CHARS = "=+-@"
 # Names a student could give the roster (the roster refuses control characters and strips spaces).
@@ -113,8 +112,7 @@ def flask_cli(instance: Path, *args: str, timeout: float = 120) -> subprocess.Co
     """`python -m flask --app grader ARGS` on `instance` (the caller's other GRADER_* settings hidden)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADER_")}
     env["GRADER_INSTANCE_PATH"] = str(instance)
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "grader", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, encoding="utf-8", timeout=timeout)
+    return run_flask(env, *args, timeout=timeout)
 
 
 def teacher_client(port: int, cookie: str) -> Client:

@@ -440,13 +440,8 @@ class LocalNginx:
 
     def stop(self) -> None:
         """SIGTERM (nginx's fast shutdown) to its process group, SIGKILL after 10 s."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        if self.proc:
+            stop_group(self.proc, signal.SIGTERM, 10)
 
     def __enter__(self) -> "LocalNginx":
         self.start()

@@ -26,7 +26,7 @@ def suite_problem(lab_id: str, suite: str) -> str | None:
     pool must hold VMs of it in the lab's shape (POOL_SUITE, POOL_QEMU_SUITES)."""
     from grader.kit import suite_kernels
 
-    from .pool import DEFAULT_SUITE, qemu_counts
+    from .pool import pool_suite, qemu_counts
 
     known = suite_kernels()
     if suite not in known:
@@ -38,7 +38,7 @@ def suite_problem(lab_id: str, suite: str) -> str | None:
                 f"{', '.join(spec.supported_kernels())})")
     cfg = current_app.config
     # inventory hosts are plain lab VMs counted as POOL_SUITE's
-    hosts = bool(cfg.get("POOL_HOSTS")) and not spec.vm_shape and suite == (cfg.get("POOL_SUITE") or DEFAULT_SUITE)
+    hosts = bool(cfg.get("POOL_HOSTS")) and not spec.vm_shape and suite == pool_suite(cfg)
     if not qemu_counts(cfg).get((spec.vm_shape, suite)) and not hosts:
         return (f"the VM pool has no {suite} lab VM of {lab_id}'s shape {spec.vm_shape!r}: set "
                 f"POOL_QEMU_SUITES = {{{suite!r}: {{{spec.vm_shape!r}: 1}}}} (or POOL_SUITE)")

@@ -153,6 +153,11 @@ def check_qemu_account(config: dict, instance_path: str | Path | None):
     return account
 
 
+def pool_suite(config: dict) -> str:
+    """The Debian release of the pool's own VMs, which grades the assignments that name none."""
+    return config.get("POOL_SUITE") or DEFAULT_SUITE
+
+
 def qemu_counts(config: dict) -> dict[tuple[str, str], int]:
     """(shape, Debian release) -> how many QEMU lab VMs: POOL_QEMU_VMS plain ones and POOL_QEMU_SHAPES
     of POOL_SUITE, and POOL_QEMU_SUITES ({release: {shape: n}}) of the other releases. An unknown shape
@@ -160,7 +165,7 @@ def qemu_counts(config: dict) -> dict[tuple[str, str], int]:
     from grader.kit import suite_kernels
     from grader.vm.labvm import shape_options
 
-    default = config.get("POOL_SUITE") or DEFAULT_SUITE
+    default = pool_suite(config)
     wanted = {suite: dict(shapes) for suite, shapes in (config.get("POOL_QEMU_SUITES") or {}).items()}
     # POOL_QEMU_VMS and POOL_QEMU_SHAPES count POOL_SUITE's VMs
     wanted[default] = {**wanted.get(default, {}), "": config.get("POOL_QEMU_VMS") or 0,
@@ -183,7 +188,7 @@ def pool_from_config(config: dict, progress=None, instance_path: str | Path | No
     plain shape, counted as POOL_SUITE)."""
     from grader.vm.labvm import QemuLabVM, StaticHostVM, find_golden, shape_options
 
-    default = config.get("POOL_SUITE") or DEFAULT_SUITE
+    default = pool_suite(config)
     slots: list[Slot] = []
     counts = qemu_counts(config)
     if any(counts.values()):

@@ -18,8 +18,10 @@ def flask_command(*args: str) -> list[str]:
 
 
 def run_flask(env: dict, *args: str, timeout: float) -> subprocess.CompletedProcess:
-    """Run `flask --app grader <args>` from the repository to its end; its output captured as text."""
-    return subprocess.run(flask_command(*args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    """Run `flask --app grader <args>` from the repository to its end; its output captured as UTF-8 text
+    (names from rosters are, whatever the caller's locale)."""
+    return subprocess.run(flask_command(*args), cwd=REPO, env=env, capture_output=True, text=True,
+                          encoding="utf-8", timeout=timeout)
 
 
 def start_flask(env: dict, *args: str, log) -> subprocess.Popen:
